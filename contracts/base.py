@@ -1,0 +1,59 @@
+"""The shared base of every wire model: camelCase on the wire, snake_case in Python."""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated
+from uuid import uuid4
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic.alias_generators import to_camel
+
+MAX_STRING = 2_000  # no single text field on the wire is longer than this
+MAX_REQUEST_BYTES = 64 * 1024  # a request body larger than this is refused before parsing
+
+
+def _two_decimals(value: Decimal) -> Decimal:
+    if value != value.quantize(Decimal("0.01")):
+        raise ValueError("at most two decimal places")
+    return value
+
+
+# Money is exact in Python and a JSON number on the wire (DESIGN "Events").
+Money = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=14, decimal_places=2),
+    AfterValidator(_two_decimals),
+    PlainSerializer(float, return_type=float, when_used="json"),
+]
+
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid4().hex
+
+
+class Wire(BaseModel):
+    """Base of every reply and event: camelCase aliases, both names accepted on input."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        str_max_length=MAX_STRING,
+    )
+
+
+class Request(Wire):
+    """Base of every request: unknown fields are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Empty(Request):
+    """A request with no fields (the caller's identity comes from the token)."""

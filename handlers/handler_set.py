@@ -1,0 +1,88 @@
+"""A handler set: its request-reply endpoints and event consumers, declared once at import time,
+and a factory that builds a fresh FastStream router from them for each app."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsRouter, PullSub
+from nats.js.api import DeliverPolicy
+
+from contracts.events import STREAM
+
+Handler = Callable[..., Any]
+
+# Redelivery of a failing event: a few quick retries, then slower ones, then the dead-letter table.
+EVENT_MAX_DELIVER = 6
+EVENT_BACKOFF_SECONDS = (0.2, 1.0, 2.0, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    subject: str
+    handler: Handler
+
+    @property
+    def name(self) -> str:
+        return self.handler.__name__
+
+
+@dataclass(frozen=True)
+class EventConsumer:
+    subject: str
+    durable: str
+    handler: Handler
+
+
+@dataclass
+class HandlerSet:
+    name: str
+    description: str
+    outbox_schema: str | None = None
+    endpoints: list[Endpoint] = field(default_factory=list)
+    consumers: list[EventConsumer] = field(default_factory=list)
+
+    @property
+    def queue(self) -> str:
+        return f"atlantic-{self.name}"
+
+    def request(self, subject: str) -> Callable[[Handler], Handler]:
+        """Declares a request-reply endpoint; replicas share it through the set's queue group."""
+
+        def register(handler: Handler) -> Handler:
+            self.endpoints.append(Endpoint(subject, handler))
+            return handler
+
+        return register
+
+    def event(self, subject: str, durable: str) -> Callable[[Handler], Handler]:
+        """Declares a JetStream consumer: durable, pull, acked only after the handler returns."""
+
+        def register(handler: Handler) -> Handler:
+            self.consumers.append(EventConsumer(subject, durable, handler))
+            return handler
+
+        return register
+
+    def router(self, *, workers: int) -> NatsRouter:
+        router = NatsRouter()
+        for endpoint in self.endpoints:
+            router.subscriber(endpoint.subject, queue=self.queue, max_workers=workers)(
+                endpoint.handler
+            )
+        stream = JStream(STREAM, declare=False)
+        for consumer in self.consumers:
+            router.subscriber(
+                consumer.subject,
+                stream=stream,
+                durable=consumer.durable,
+                pull_sub=PullSub(batch_size=32, timeout=0.5),
+                ack_policy=AckPolicy.NACK_ON_ERROR,
+                config=ConsumerConfig(
+                    max_deliver=EVENT_MAX_DELIVER,
+                    backoff=list(EVENT_BACKOFF_SECONDS),
+                    deliver_policy=DeliverPolicy.ALL,
+                ),
+            )(consumer.handler)
+        return router

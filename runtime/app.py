@@ -1,0 +1,124 @@
+"""App assembly: a broker with the chosen handler sets, and the clients they share.
+
+Start-up order: connect, migrate, declare the stream, open the pools (on_startup); start the
+subscribers (FastStream); then the outbox relays and $SRV responders (after_startup). Shutdown
+runs it backwards, after FastStream has drained in-flight messages.
+"""
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+import asyncpg
+from faststream import FastStream
+from faststream.nats import NatsBroker
+from redis.asyncio import Redis
+
+from handlers import HANDLER_SETS
+from handlers.handler_set import HandlerSet
+from runtime.errors import ErrorReplies, decode_json
+from runtime.micro import MicroService, StatsBook
+from runtime.relay import OutboxRelay
+from runtime.settings import Settings
+from runtime.streams import ensure_stream
+from storage.migrations import apply_migrations
+from storage.postgres import open_pool
+from storage.ratelimits import LoginLimiter
+from storage.sessions import Sessions
+
+log = logging.getLogger("atlantic")
+
+
+class UnknownHandlerSet(ValueError):
+    pass
+
+
+def select_sets(names: Iterable[str]) -> list[HandlerSet]:
+    names = list(dict.fromkeys(names))
+    if unknown := [n for n in names if n not in HANDLER_SETS]:
+        raise UnknownHandlerSet(
+            f"unknown handler set(s): {', '.join(unknown)}; known: {', '.join(HANDLER_SETS)}")
+    if not names:
+        raise UnknownHandlerSet("no handler set chosen")
+    return [HANDLER_SETS[n] for n in names]
+
+
+class AppResources:
+    """The pools and background tasks one process owns, whatever sets it runs."""
+
+    def __init__(self, app: FastStream, broker: NatsBroker, settings: Settings,
+                 sets: list[HandlerSet]):
+        self.app, self.broker, self.settings, self.sets = app, broker, settings, sets
+        self.stats = StatsBook()
+        self.pool: asyncpg.Pool | None = None
+        self.redis: Redis | None = None
+        self.relays: list[OutboxRelay] = []
+        self.services: list[MicroService] = []
+
+    async def open(self) -> None:
+        s = self.settings
+        await asyncio.to_thread(apply_migrations, s.postgres_dsn)
+        await self.broker.connect()
+        await ensure_stream(self.broker.connection.jetstream(), s)
+        self.pool = await open_pool(s.postgres_dsn, s.postgres_pool_size)
+        self.redis = Redis.from_url(s.redis_url)
+        context = self.app.context
+        context.set_global("settings", s)
+        context.set_global("pool", self.pool)
+        context.set_global("redis", self.redis)
+        context.set_global("endpoint_stats", self.stats)
+        context.set_global("sessions", Sessions(
+            self.redis, s.redis_prefix, idle_seconds=s.session_idle_seconds,
+            absolute_seconds=s.session_absolute_seconds))
+        context.set_global("login_limiter", LoginLimiter(
+            s.redis_url, s.redis_prefix, attempts=s.login_attempts,
+            window_seconds=s.login_window_seconds))
+
+    async def start_background(self) -> None:
+        nc = self.broker.connection
+        js = nc.jetstream()
+        for schema in sorted({hs.outbox_schema for hs in self.sets if hs.outbox_schema}):
+            relay = OutboxRelay(self.pool, self.settings.postgres_dsn, js, schema,
+                                sweep_seconds=self.settings.outbox_sweep_seconds,
+                                retention_hours=self.settings.outbox_retention_hours)
+            await relay.start()
+            self.relays.append(relay)
+        for hs in self.sets:
+            service = MicroService(hs, self.stats)
+            await service.start(nc)
+            self.services.append(service)
+        log.info("atlantic running: %s", ", ".join(hs.name for hs in self.sets))
+
+    async def stop_background(self) -> None:
+        for service in self.services:
+            await service.stop()
+        for relay in self.relays:
+            await relay.stop()
+
+    async def close(self) -> None:
+        if self.pool:
+            await self.pool.close()
+        if self.redis:
+            await self.redis.aclose()
+
+
+def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> FastStream:
+    sets = select_sets(settings.handler_sets if set_names is None else set_names)
+    broker = NatsBroker(
+        settings.nats_url,
+        name=f"atlantic[{','.join(hs.name for hs in sets)}]",
+        middlewares=[ErrorReplies],
+        decoder=decode_json,
+        graceful_timeout=settings.graceful_timeout_seconds,
+        log_level=logging.DEBUG,  # per-message access logs only when asked for
+    )
+    for hs in sets:
+        broker.include_router(hs.router(workers=settings.request_workers))
+    app = FastStream(broker)
+    resources = AppResources(app, broker, settings, sets)
+    app.on_startup(resources.open)
+    app.after_startup(resources.start_background)
+    app.on_shutdown(resources.stop_background)
+    app.after_shutdown(resources.close)
+    app.context.set_global("resources", resources)
+    return app

@@ -1,0 +1,46 @@
+"""Every setting in one place, read once from ATLANTIC_* environment variables (or .env)."""
+
+from functools import cached_property
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ALL_SETS = ("users", "catalog", "orders", "payments", "analytics")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ATLANTIC_", env_file=".env", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/atlantic"
+    postgres_pool_size: int = Field(10, ge=1, le=200)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "atlantic:"
+    clickhouse_url: str | None = None
+    data_dir: str = "./data"
+    handlers: str = ",".join(ALL_SETS)
+    log_level: str = "INFO"
+
+    session_idle_seconds: int = Field(30 * 60, ge=1)
+    session_absolute_seconds: int = Field(12 * 60 * 60, ge=1)
+    login_attempts: int = Field(5, ge=1)
+    login_window_seconds: int = Field(60, ge=1)
+
+    # Outbox relay: how often the sweep republishes rows a crash left behind, and how long
+    # published rows are kept. The stream's duplicate window must outlast the retry horizon.
+    outbox_sweep_seconds: float = Field(2.0, gt=0)
+    outbox_stale_seconds: float = Field(1.0, ge=0)
+    outbox_retention_hours: int = Field(24, ge=1)
+    stream_duplicate_window_seconds: int = Field(2 * 60 * 60, ge=60)
+    stream_max_bytes: int = Field(10 * 1024**3, ge=1024**2)
+    stream_max_age_days: int = Field(30, ge=1)
+
+    request_workers: int = Field(32, ge=1, le=1024)
+    graceful_timeout_seconds: float = Field(15.0, ge=0)
+
+    admin_email: str = "admin@atlantic.local"
+    admin_password: str = "atlantic-admin-dev"
+
+    @cached_property
+    def handler_sets(self) -> list[str]:
+        return [name.strip() for name in self.handlers.split(",") if name.strip()]

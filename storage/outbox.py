@@ -1,0 +1,72 @@
+"""The transactional outbox: an event is written in the same transaction as the state it reports.
+
+Every writing schema has an `outbox` table of the same shape. `add` inserts the row and a NOTIFY
+that PostgreSQL delivers only on commit, so the relay wakes exactly when there is something
+committed to publish.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from contracts.events import Event
+
+CHANNEL = "atlantic_outbox"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    event_id: str
+    subject: str
+    payload: bytes
+
+
+def _table(schema: str) -> str:
+    if not schema.isidentifier():
+        raise ValueError(f"bad schema name {schema!r}")
+    return f"{schema}.outbox"
+
+
+async def add(db: asyncpg.Connection, schema: str, *events: Event) -> None:
+    """Queues events for publication; call inside the transaction that makes the change."""
+    await db.executemany(
+        f"INSERT INTO {_table(schema)} (event_id, subject, payload) VALUES ($1, $2, $3)",
+        [(e.event_id, e.subject, e.model_dump_json().encode()) for e in events],
+    )
+    await db.execute("SELECT pg_notify($1, $2)", CHANNEL, schema)
+
+
+async def claim_unpublished(
+    db: asyncpg.Connection, schema: str, *, limit: int, older_than_seconds: float = 0
+) -> list[OutboxRow]:
+    """Locks a batch of unpublished rows for this relay; other relays skip them."""
+    rows = await db.fetch(
+        f"SELECT event_id, subject, payload FROM {_table(schema)}"
+        " WHERE published_at IS NULL"
+        "   AND created_at <= clock_timestamp() - make_interval(secs => $2)"
+        " ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+        older_than_seconds,
+    )
+    return [OutboxRow(r["event_id"], r["subject"], bytes(r["payload"])) for r in rows]
+
+
+async def mark_published(db: asyncpg.Connection, schema: str, event_ids: Sequence[str]) -> None:
+    await db.execute(
+        f"UPDATE {_table(schema)} SET published_at = clock_timestamp()"
+        " WHERE event_id = ANY($1::text[])",
+        list(event_ids),
+    )
+
+
+async def delete_published(db: asyncpg.Connection, schema: str, *, older_than_hours: int) -> int:
+    status = await db.execute(
+        f"DELETE FROM {_table(schema)} WHERE published_at < now() - make_interval(hours => $1)",
+        older_than_hours,
+    )
+    return int(status.split()[-1])
+
+
+async def unpublished_count(db: asyncpg.Connection, schema: str) -> int:
+    return await db.fetchval(f"SELECT count(*) FROM {_table(schema)} WHERE published_at IS NULL")

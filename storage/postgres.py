@@ -1,0 +1,45 @@
+"""The PostgreSQL pool, and the database itself when a developer's machine lacks it."""
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+
+async def open_pool(dsn: str, size: int) -> asyncpg.Pool:
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=size)
+
+
+def _split_database(dsn: str) -> tuple[str, str]:
+    """The database name (checked, since CREATE DATABASE takes no parameters) and a DSN for the
+    maintenance database."""
+    parts = urlsplit(dsn)
+    name = parts.path.lstrip("/") or "postgres"
+    if not re.fullmatch(r"[A-Za-z0-9_]{1,63}", name):
+        raise ValueError(f"unsupported database name {name!r}")
+    return name, urlunsplit(parts._replace(path="/postgres"))
+
+
+async def create_database(dsn: str) -> bool:
+    """Creates the database the DSN names when it does not exist; True when it did so."""
+    name, admin_dsn = _split_database(dsn)
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        except asyncpg.DuplicateDatabaseError:  # another replica won the race
+            return False
+        return True
+    finally:
+        await conn.close()
+
+
+async def drop_database(dsn: str) -> None:
+    name, admin_dsn = _split_database(dsn)
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

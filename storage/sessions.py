@@ -1,0 +1,82 @@
+"""Session tokens in Redis, stored by their SHA-256 so a leaked Redis dump holds no usable token.
+
+A session has an idle expiry (the key's TTL, renewed on use) and an absolute expiry (kept in the
+record). Each user's live sessions are indexed so "log out everywhere" can end them all.
+"""
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    user_id: str
+    role: str
+    token_hash: str
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Sessions:
+    def __init__(self, redis: Redis, prefix: str, *, idle_seconds: int, absolute_seconds: int):
+        self._redis = redis
+        self._prefix = prefix
+        self.idle_seconds = idle_seconds
+        self.absolute_seconds = absolute_seconds
+
+    def _key(self, token_hash: str) -> str:
+        return f"{self._prefix}session:{token_hash}"
+
+    def _user_key(self, user_id: str) -> str:
+        return f"{self._prefix}user-sessions:{user_id}"
+
+    async def start(self, user_id: str, role: str) -> tuple[str, float]:
+        """A new token (256 random bits) and its absolute expiry as a Unix time."""
+        token = secrets.token_urlsafe(32)
+        token_hash = _hash(token)
+        expires_at = time.time() + self.absolute_seconds
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key(token_hash), mapping={
+                "user_id": user_id, "role": role, "expires_at": repr(expires_at)})
+            pipe.expire(self._key(token_hash), min(self.idle_seconds, self.absolute_seconds))
+            pipe.sadd(self._user_key(user_id), token_hash)
+            pipe.expire(self._user_key(user_id), self.absolute_seconds)
+            await pipe.execute()
+        return token, expires_at
+
+    async def resolve(self, token: str) -> SessionInfo | None:
+        """The live session behind a token, renewing its idle expiry; None when there is none."""
+        token_hash = _hash(token)
+        record = await self._redis.hgetall(self._key(token_hash))
+        if not record:
+            return None
+        remaining = float(record[b"expires_at"]) - time.time()
+        if remaining <= 0:
+            await self._redis.delete(self._key(token_hash))
+            return None
+        idle = max(1, int(min(self.idle_seconds, remaining)))
+        await self._redis.expire(self._key(token_hash), idle)
+        return SessionInfo(record[b"user_id"].decode(), record[b"role"].decode(), token_hash)
+
+    async def end(self, session: SessionInfo) -> int:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key(session.token_hash))
+            pipe.srem(self._user_key(session.user_id), session.token_hash)
+            deleted, _ = await pipe.execute()
+        return int(deleted)
+
+    async def end_all(self, user_id: str) -> int:
+        token_hashes = await self._redis.smembers(self._user_key(user_id))
+        keys = [self._key(h.decode()) for h in token_hashes]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if keys:
+                pipe.delete(*keys)
+            pipe.delete(self._user_key(user_id))
+            results = await pipe.execute()
+        return int(results[0]) if keys else 0
