@@ -7,7 +7,9 @@ runs it backwards, after FastStream has drained in-flight messages.
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
+from typing import Any
 
 import asyncpg
 from faststream import FastStream
@@ -35,6 +37,8 @@ class UnknownHandlerSet(ValueError):
 
 def select_sets(names: Iterable[str]) -> list[HandlerSet]:
     names = list(dict.fromkeys(names))
+    if names == ["all"]:
+        names = list(HANDLER_SETS)
     if unknown := [n for n in names if n not in HANDLER_SETS]:
         raise UnknownHandlerSet(
             f"unknown handler set(s): {', '.join(unknown)}; known: {', '.join(HANDLER_SETS)}")
@@ -90,16 +94,40 @@ class AppResources:
         log.info("atlantic running: %s", ", ".join(hs.name for hs in self.sets))
 
     async def stop_background(self) -> None:
+        await self._finish_delivered_requests()
         for service in self.services:
             await service.stop()
         for relay in self.relays:
             await relay.stop()
+
+    async def _finish_delivered_requests(self) -> None:
+        """FastStream's stop drops requests already delivered to this process but not yet
+        started, and their callers time out. Stop taking new ones, then answer those."""
+        subscribers = [s for s in self.broker.subscribers
+                       if getattr(s, "subscription", None) is not None
+                       and getattr(s, "stream", None) is None]
+        await asyncio.gather(*(s.subscription.drain() for s in subscribers),
+                             return_exceptions=True)
+        for subscriber in subscribers:
+            subscriber.subscription = None  # drained: FastStream must not unsubscribe it again
+        deadline = time.monotonic() + self.settings.graceful_timeout_seconds
+        # FastStream exposes no "all handlers finished" event, so poll its worker counters.
+        while time.monotonic() < deadline and any(_busy(s) for s in subscribers):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         if self.pool:
             await self.pool.close()
         if self.redis:
             await self.redis.aclose()
+
+
+def _busy(subscriber: Any) -> bool:
+    limiter = getattr(subscriber, "limiter", None)
+    if limiter is None:
+        return False
+    queued = subscriber.receive_stream.statistics().current_buffer_used
+    return queued > 0 or limiter.value < subscriber.max_workers
 
 
 def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> FastStream:

@@ -92,6 +92,7 @@ class MicroService:
                 "last_error": s.last_error, "processing_time": s.processing_time,
                 "average_processing_time": s.processing_time // s.num_requests
                 if s.num_requests else 0,
+                "data": None,
             })
         return {**self._identity("stats"), "started": self._started, "endpoints": endpoints}
 

@@ -5,8 +5,6 @@ from functools import cached_property
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ALL_SETS = ("users", "catalog", "orders", "payments", "analytics")
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ATLANTIC_", env_file=".env", extra="ignore")
@@ -18,7 +16,7 @@ class Settings(BaseSettings):
     redis_prefix: str = "atlantic:"
     clickhouse_url: str | None = None
     data_dir: str = "./data"
-    handlers: str = ",".join(ALL_SETS)
+    handlers: str = "all"  # comma-separated set names, or "all"
     log_level: str = "INFO"
 
     session_idle_seconds: int = Field(30 * 60, ge=1)

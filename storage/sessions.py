@@ -1,7 +1,8 @@
 """Session tokens in Redis, stored by their SHA-256 so a leaked Redis dump holds no usable token.
 
 A session has an idle expiry (the key's TTL, renewed on use) and an absolute expiry (kept in the
-record). Each user's live sessions are indexed so "log out everywhere" can end them all.
+record); both are fixed when the session starts, so changing the settings affects new sessions.
+Each user's live sessions are indexed so "log out everywhere" can end them all.
 """
 
 import hashlib
@@ -43,7 +44,8 @@ class Sessions:
         expires_at = time.time() + self.absolute_seconds
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._key(token_hash), mapping={
-                "user_id": user_id, "role": role, "expires_at": repr(expires_at)})
+                "user_id": user_id, "role": role, "expires_at": repr(expires_at),
+                "idle_seconds": self.idle_seconds})
             pipe.expire(self._key(token_hash), min(self.idle_seconds, self.absolute_seconds))
             pipe.sadd(self._user_key(user_id), token_hash)
             pipe.expire(self._user_key(user_id), self.absolute_seconds)
@@ -60,7 +62,7 @@ class Sessions:
         if remaining <= 0:
             await self._redis.delete(self._key(token_hash))
             return None
-        idle = max(1, int(min(self.idle_seconds, remaining)))
+        idle = max(1, int(min(int(record[b"idle_seconds"]), remaining)))
         await self._redis.expire(self._key(token_hash), idle)
         return SessionInfo(record[b"user_id"].decode(), record[b"role"].decode(), token_hash)
 

@@ -1,0 +1,202 @@
+"""The `atlantic` command."""
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from runtime.settings import Settings
+
+cli = typer.Typer(help="Atlantic: a real-time e-commerce backend with live analytics.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+users_cli = typer.Typer(help="Manage accounts.", no_args_is_help=True)
+cli.add_typer(users_cli, name="users")
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One access-log line per message costs about a third of throughput; keep errors only.
+    logging.getLogger("faststream.access").setLevel(logging.WARNING)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    return typer.Exit(code)
+
+
+async def _serve(settings: Settings, names: list[str]) -> None:
+    from runtime.app import build_app
+
+    await build_app(settings, names).run()
+
+
+@cli.command()
+def serve(
+    handlers: Annotated[str | None, typer.Option(
+        help="Comma-separated handler sets; default: ATLANTIC_HANDLERS")] = None,
+) -> None:
+    """Run handler sets until SIGTERM or Ctrl-C (in-flight messages are drained)."""
+    from runtime.app import UnknownHandlerSet, select_sets
+
+    settings = Settings()
+    names = [n.strip() for n in handlers.split(",")] if handlers else settings.handler_sets
+    try:
+        select_sets(names)
+    except UnknownHandlerSet as exc:
+        raise _fail(str(exc), 2) from None
+    _configure_logging(settings)
+    asyncio.run(_serve(settings, names))
+
+
+async def ensure_admin(settings: Settings, email: str, password: str) -> str:
+    from contracts.errors import Conflict
+    from contracts.users import Register
+    from handlers.users import create_account
+    from storage.migrations import apply_migrations
+    from storage.postgres import create_database, open_pool
+    from storage.users import promote_to_admin
+
+    request = Register(email=email, password=password, name="Administrator")
+    await create_database(settings.postgres_dsn)
+    await asyncio.to_thread(apply_migrations, settings.postgres_dsn)
+    pool = await open_pool(settings.postgres_dsn, 2)
+    try:
+        async with pool.acquire() as db:
+            try:
+                user = await create_account(db, request.email, request.password, request.name,
+                                            "admin")
+                return f"created admin {user.email} ({user.user_id})"
+            except Conflict:
+                await promote_to_admin(db, request.email)
+                return f"{request.email} already existed; it is an admin now"
+    finally:
+        await pool.close()
+
+
+@users_cli.command("create-admin")
+def create_admin(email: Annotated[str, typer.Option()],
+                 password: Annotated[str, typer.Option()]) -> None:
+    """Create an administrator account (or promote an existing one)."""
+    try:
+        typer.echo(asyncio.run(ensure_admin(Settings(), email, password)))
+    except ValidationError as exc:
+        raise _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                              for e in exc.errors())) from None
+
+
+async def _call(settings: Settings, subject: str, payload: object, token: str | None,
+                timeout: float) -> int:
+    from runtime.client import AtlanticClient
+
+    client = await AtlanticClient.connect(settings.nats_url, token)
+    try:
+        reply = await client.call(subject, payload, timeout=timeout)
+    finally:
+        await client.close()
+    if reply.ok:
+        typer.echo(json.dumps(reply.body, indent=2))
+        return 0
+    error = reply.body["error"]
+    typer.secho(f"{reply.status} {error['code']}: {error['message']}", fg="red", err=True)
+    for detail in error.get("details", []):
+        typer.echo(f"  {detail['field']}: {detail['message']}", err=True)
+    return 1
+
+
+@cli.command()
+def call(
+    subject: str,
+    payload: Annotated[str | None, typer.Argument(help="JSON body")] = None,
+    token: Annotated[str | None, typer.Option(envvar="ATLANTIC_TOKEN",
+                                              help="session token from login")] = None,
+    timeout: float = 5.0,
+) -> None:
+    """Send one request and print the reply (or the error, with a non-zero exit)."""
+    try:
+        body = json.loads(payload) if payload else None
+    except ValueError as exc:
+        raise _fail(f"the payload is not valid JSON: {exc}", 2) from None
+    try:
+        code = asyncio.run(_call(Settings(), subject, body, token, timeout))
+    except (OSError, TimeoutError) as exc:
+        raise _fail(f"no answer: {exc!r}", 3) from None
+    raise typer.Exit(code)
+
+
+@cli.command()
+def services() -> None:
+    """Check PostgreSQL and Redis, starting the machine's own when they are down."""
+    from runtime.services import ensure_postgres, ensure_redis
+
+    settings = Settings()
+    problems = [p for p in (ensure_postgres(settings.postgres_dsn),
+                            ensure_redis(settings.redis_url)) if p]
+    if problems:
+        raise _fail("\n".join(problems))
+    typer.echo("PostgreSQL and Redis answer")
+
+
+@cli.command()
+def docs() -> None:
+    """Write docs/asyncapi.json and docs/asyncapi.yaml for every handler set."""
+    from runtime.asyncapi import write_documents
+
+    for path in write_documents(Path.cwd() / "docs"):
+        typer.echo(f"wrote {path}")
+
+
+USAGE = """
+Atlantic is running ({sets}) on {nats}.
+From another shell:
+  .venv/bin/atlantic call atlantic.users.register \\
+      '{{"email": "ada@example.com", "password": "analytical-engine", "name": "Ada"}}'
+  .venv/bin/atlantic call atlantic.users.login \\
+      '{{"email": "ada@example.com", "password": "analytical-engine"}}'
+  .venv/bin/atlantic call atlantic.users.me --token <token from login>
+Admin: {admin} (password from ATLANTIC_ADMIN_PASSWORD). Discovery: nats micro ls, or
+  .venv/bin/atlantic call '$SRV.INFO'
+Stop with Ctrl-C.
+"""
+
+
+async def _up(settings: Settings) -> None:
+    from runtime.app import build_app
+    from runtime.services import NatsServer, answers, ensure_postgres, ensure_redis, host_port
+
+    problems = [p for p in (ensure_postgres(settings.postgres_dsn),
+                            ensure_redis(settings.redis_url)) if p]
+    if problems:
+        raise _fail("\n".join(problems))
+    nats_server = None
+    if not answers(settings.nats_url, 4222):
+        host, port = host_port(settings.nats_url, 4222)
+        nats_server = NatsServer(port, Path(settings.data_dir) / "nats", host).start()
+        typer.echo(f"started nats-server with JetStream on {nats_server.url}")
+    try:
+        typer.echo(await ensure_admin(settings, settings.admin_email, settings.admin_password))
+        app = build_app(settings)
+        app.after_startup(lambda: typer.echo(USAGE.format(
+            sets=", ".join(settings.handler_sets), nats=settings.nats_url,
+            admin=settings.admin_email)))
+        await app.run()
+    finally:
+        if nats_server:
+            nats_server.stop()
+
+
+@cli.command()
+def up() -> None:
+    """Everything a developer needs: services, database, migrations, admin, all handler sets."""
+    settings = Settings()
+    _configure_logging(settings)
+    asyncio.run(_up(settings))
+
+
+def main() -> None:
+    sys.exit(cli())

@@ -1,0 +1,56 @@
+"""A small client for Atlantic's request-reply subjects, used by the CLI and the tests."""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+
+
+@dataclass
+class Reply:
+    status: int  # 200 on success, else the Nats-Service-Error-Code
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    @property
+    def error_code(self) -> str | None:
+        return None if self.ok else self.body["error"]["code"]
+
+    @property
+    def error_fields(self) -> set[str]:
+        return set() if self.ok else {d["field"] for d in self.body["error"]["details"]}
+
+
+class AtlanticClient:
+    def __init__(self, nc: Client, token: str | None = None, timeout: float = 5.0):
+        self.nc, self.token, self.timeout = nc, token, timeout
+
+    @classmethod
+    async def connect(cls, url: str, token: str | None = None) -> "AtlanticClient":
+        return cls(await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1), token)
+
+    def signed_in(self, token: str) -> "AtlanticClient":
+        return AtlanticClient(self.nc, token, self.timeout)
+
+    async def call(self, subject: str, payload: Any = None, *, raw: bytes | None = None,
+                   headers: dict[str, str] | None = None, timeout: float | None = None) -> Reply:
+        if raw is None:
+            raw = b"" if payload is None else json.dumps(payload).encode()
+        all_headers = dict(headers or {})
+        if self.token:
+            all_headers.setdefault("Authorization", f"Bearer {self.token}")
+        msg = await self.nc.request(subject, raw, timeout=timeout or self.timeout,
+                                    headers=all_headers or None)
+        msg_headers = dict(msg.headers or {})
+        status = int(msg_headers.get("Nats-Service-Error-Code", 200))
+        body = json.loads(msg.data) if msg.data else None
+        return Reply(status, body, msg_headers)
+
+    async def close(self) -> None:
+        await self.nc.close()
