@@ -1,0 +1,142 @@
+"""The test harness: real PostgreSQL and Redis from settings, a fresh database and Redis key
+prefix per run, and a nats-server started here on a free port with its own JetStream store.
+
+Everything is session-scoped on one event loop, so the system starts once; tests isolate
+themselves by using fresh emails, products and orders.
+"""
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from faststream import FastStream
+
+from runtime.app import build_app
+from runtime.client import AtlanticClient
+from runtime.services import NatsServer, ensure_postgres, ensure_redis, free_port
+from runtime.settings import Settings
+from storage.postgres import create_database, drop_database
+
+RUN_ID = uuid.uuid4().hex[:10]
+TEST_PASSWORD = "correct-horse-battery"
+_counter = itertools.count()
+
+
+def unique_email(tag: str = "user") -> str:
+    return f"{tag}-{RUN_ID}-{next(_counter)}@example.com"
+
+
+def _test_dsn(base_dsn: str) -> str:
+    parts = urlsplit(base_dsn)
+    return urlunsplit(parts._replace(path=f"/atlantic_test_{RUN_ID}"))
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(free_port(), Path(tmp_path_factory.mktemp("nats")) / "store").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(nats_server: NatsServer) -> Settings:
+    base = Settings()
+    for problem in (ensure_postgres(base.postgres_dsn), ensure_redis(base.redis_url)):
+        if problem:
+            pytest.exit(problem, returncode=3)
+    return base.model_copy(update={
+        "nats_url": nats_server.url,
+        "postgres_dsn": _test_dsn(base.postgres_dsn),
+        "redis_prefix": f"atlantic-test-{RUN_ID}:",
+        "login_attempts": 5,
+        "login_window_seconds": 2,
+        "outbox_sweep_seconds": 0.3,
+        "graceful_timeout_seconds": 5.0,
+    })
+
+
+@pytest.fixture(scope="session")
+async def database(settings: Settings) -> AsyncIterator[str]:
+    await create_database(settings.postgres_dsn)
+    yield settings.postgres_dsn
+    await drop_database(settings.postgres_dsn)
+
+
+@pytest.fixture(scope="session")
+async def system(settings: Settings, database: str) -> AsyncIterator[FastStream]:
+    """Every handler set running in this process against the test servers."""
+    app = build_app(settings)
+    async with app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+async def client(system: FastStream, settings: Settings) -> AsyncIterator[AtlanticClient]:
+    """An anonymous client speaking to the system over NATS, as any outside client would."""
+    client = await AtlanticClient.connect(settings.nats_url)
+    yield client
+    await client.close()
+
+
+async def sign_up(client: AtlanticClient, tag: str = "customer") -> tuple[AtlanticClient, dict]:
+    email = unique_email(tag)
+    reply = await client.call("atlantic.users.register",
+                              {"email": email, "password": TEST_PASSWORD, "name": tag})
+    assert reply.ok, reply.body
+    login = await client.call("atlantic.users.login", {"email": email, "password": TEST_PASSWORD})
+    assert login.ok, login.body
+    return client.signed_in(login.body["token"]), reply.body
+
+
+@pytest.fixture
+async def customer(client: AtlanticClient) -> AtlanticClient:
+    signed_in, _ = await sign_up(client)
+    return signed_in
+
+
+@pytest.fixture(scope="session")
+async def admin(client: AtlanticClient, settings: Settings) -> AtlanticClient:
+    from runtime.cli import ensure_admin
+
+    email = unique_email("admin")
+    await ensure_admin(settings, email, TEST_PASSWORD)
+    login = await client.call("atlantic.users.login", {"email": email, "password": TEST_PASSWORD})
+    assert login.ok, login.body
+    return client.signed_in(login.body["token"])
+
+
+async def eventually(check, *, seconds: float = 10.0, interval: float = 0.05):
+    """Polls an async check until it returns something truthy; fails with its last value."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        result = await check()
+        if result or asyncio.get_running_loop().time() > deadline:
+            assert result, f"condition not met within {seconds} s: {result!r}"
+            return result
+        await asyncio.sleep(interval)
+
+
+async def read_events(client: AtlanticClient, subject: str) -> list[tuple[dict, dict]]:
+    """Every message on the ATLANTIC stream under `subject`, as (headers, body), oldest first."""
+    import json
+
+    from nats.errors import TimeoutError as NatsTimeout
+
+    js = client.nc.jetstream()
+    subscription = await js.pull_subscribe(subject, stream="ATLANTIC")
+    events: list[tuple[dict, dict]] = []
+    try:
+        while True:
+            try:
+                batch = await subscription.fetch(256, timeout=0.5)
+            except NatsTimeout:
+                return events
+            for msg in batch:
+                events.append((dict(msg.headers or {}), json.loads(msg.data)))
+                await msg.ack()
+    finally:
+        await subscription.unsubscribe()

@@ -1,0 +1,180 @@
+"""The runtime around the handlers: migrations, discovery, the CLI and a clean shutdown."""
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import asyncpg
+import pytest
+from conftest import RUN_ID, TEST_PASSWORD, unique_email
+from nats.micro.service import ServiceInfo, ServiceStats
+
+from handlers import HANDLER_SETS
+from runtime.client import AtlanticClient
+from runtime.services import NatsServer, free_port
+from storage.migrations import apply_migrations
+from storage.postgres import create_database, drop_database
+
+ATLANTIC = str(Path(sys.executable).parent / "atlantic")
+
+
+def cli_env(settings, **overrides) -> dict[str, str]:
+    return os.environ | {
+        "ATLANTIC_NATS_URL": settings.nats_url,
+        "ATLANTIC_POSTGRES_DSN": settings.postgres_dsn,
+        "ATLANTIC_REDIS_URL": settings.redis_url,
+        "ATLANTIC_REDIS_PREFIX": settings.redis_prefix,
+        "ATLANTIC_LOG_LEVEL": "WARNING",
+    } | overrides
+
+
+async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Runs the atlantic command without blocking the loop the in-process system serves on."""
+    process = await asyncio.create_subprocess_exec(
+        ATLANTIC, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def collect_replies(nc, subject: str, seconds: float = 0.5) -> list[dict]:
+    inbox = nc.new_inbox()
+    replies: list[dict] = []
+
+    async def collect(msg):
+        if msg.data:  # an empty message is the server's "no responders" notice
+            replies.append(json.loads(msg.data))
+
+    subscription = await nc.subscribe(inbox, cb=collect)
+    await nc.publish(subject, b"", reply=inbox)
+    await asyncio.sleep(seconds)
+    await subscription.unsubscribe()
+    return replies
+
+
+async def test_migrations_are_safe_when_replicas_start_at_once(settings):
+    dsn = settings.postgres_dsn.replace(f"atlantic_test_{RUN_ID}", f"atlantic_test_{RUN_ID}_mig")
+    await create_database(dsn)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            applied = list(pool.map(apply_migrations, [dsn] * 4))
+        db = await asyncpg.connect(dsn)
+        tables = await db.fetchval("SELECT count(*) FROM information_schema.tables"
+                                   " WHERE table_schema = 'users'")
+        await db.close()
+    finally:
+        await drop_database(dsn)
+
+    assert sorted(len(ids) for ids in applied)[:3] == [0, 0, 0]
+    assert max(len(ids) for ids in applied) >= 1
+    assert tables == 3
+
+
+async def test_srv_info_lists_the_endpoints_of_each_running_set(client):
+    replies = await collect_replies(client.nc, "$SRV.INFO")
+
+    infos = {info.name: info for info in map(ServiceInfo.from_dict, replies)}
+
+    for name, handler_set in HANDLER_SETS.items():
+        info = infos[f"atlantic-{name}"]
+        assert {e.subject for e in info.endpoints} == {e.subject for e in handler_set.endpoints}
+        assert all(e.queue_group == f"atlantic-{name}" for e in info.endpoints)
+
+
+async def test_srv_ping_answers_by_name_and_by_id(client):
+    [by_name] = await collect_replies(client.nc, "$SRV.PING.atlantic-users")
+
+    [by_id] = await collect_replies(client.nc, f"$SRV.PING.atlantic-users.{by_name['id']}")
+
+    assert by_name["type"] == "io.nats.micro.v1.ping_response"
+    assert by_id["id"] == by_name["id"]
+
+
+async def test_srv_stats_counts_requests_and_errors(client):
+    await client.call("atlantic.users.get", {"userId": "x"})  # 401: no token
+
+    [reply] = await collect_replies(client.nc, "$SRV.STATS.atlantic-users")
+    stats = ServiceStats.from_dict(reply)
+    get = next(e for e in stats.endpoints if e.subject == "atlantic.users.get")
+
+    assert get.num_requests >= 1
+    assert get.num_errors >= 1
+    assert get.last_error.startswith("401")
+
+
+async def test_call_prints_the_reply_and_exits_zero(system, settings):
+    body = {"email": unique_email("cli"), "password": TEST_PASSWORD, "name": "Cli"}
+
+    code, out, err = await run_cli("call", "atlantic.users.register", json.dumps(body),
+                                   env=cli_env(settings))
+
+    assert code == 0, err
+    assert json.loads(out)["email"] == body["email"]
+
+
+async def test_call_prints_the_error_and_exits_non_zero(system, settings):
+    code, _, err = await run_cli("call", "atlantic.users.register", '{"email": "x"}',
+                                 env=cli_env(settings))
+
+    assert code == 1
+    assert "422 validation_failed" in err
+    assert "password" in err
+
+
+async def test_create_admin_makes_an_account_that_can_use_admin_subjects(system, settings, client):
+    email = unique_email("cli-admin")
+
+    code, out, err = await run_cli("users", "create-admin", "--email", email,
+                                   "--password", TEST_PASSWORD, env=cli_env(settings))
+    login = await client.call("atlantic.users.login", {"email": email, "password": TEST_PASSWORD})
+    me = await client.signed_in(login.body["token"]).call("atlantic.users.me")
+
+    assert code == 0, err
+    assert email in out
+    assert me.body["role"] == "admin"
+
+
+async def test_serve_refuses_an_unknown_handler_set(settings):
+    code, _, err = await run_cli("serve", "--handlers", "users,warehouse", env=cli_env(settings))
+
+    assert code == 2
+    assert "unknown handler set(s): warehouse" in err
+
+
+@pytest.fixture
+def own_nats(tmp_path):
+    server = NatsServer(free_port(), tmp_path / "nats").start()
+    yield server
+    server.stop()
+
+
+async def test_sigterm_drains_in_flight_requests_and_exits_zero(settings, database, own_nats):
+    serving = await asyncio.create_subprocess_exec(
+        ATLANTIC, "serve", "--handlers", "users",
+        env=cli_env(settings, ATLANTIC_NATS_URL=own_nats.url))
+    client = await AtlanticClient.connect(own_nats.url)
+    try:
+        for _ in range(200):
+            if await collect_replies(client.nc, "$SRV.PING.atlantic-users", 0.05):
+                break
+        requests = [
+            asyncio.create_task(client.call("atlantic.users.register", {
+                "email": unique_email("drain"), "password": TEST_PASSWORD, "name": "D"},
+                timeout=20))
+            for _ in range(40)
+        ]
+        await asyncio.sleep(0.1)  # the requests are in flight (argon2 takes ~25 ms each, 2 cores)
+
+        serving.send_signal(signal.SIGTERM)
+        replies = await asyncio.gather(*requests)
+        exit_code = await asyncio.wait_for(serving.wait(), 30)
+    finally:
+        if serving.returncode is None:
+            serving.kill()
+        await client.close()
+
+    assert [r.status for r in replies] == [200] * 40
+    assert exit_code == 0
