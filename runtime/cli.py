@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import nats.errors
 import typer
 from pydantic import ValidationError
 
@@ -124,8 +125,8 @@ def call(
         raise _fail(f"the payload is not valid JSON: {exc}", 2) from None
     try:
         code = asyncio.run(_call(Settings(), subject, body, token, timeout))
-    except (OSError, TimeoutError) as exc:
-        raise _fail(f"no answer: {exc!r}", 3) from None
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        raise _fail(f"no answer on {subject}: {exc}", 3) from None
     raise typer.Exit(code)
 
 
@@ -166,7 +167,7 @@ Stop with Ctrl-C.
 
 
 async def _up(settings: Settings) -> None:
-    from runtime.app import build_app
+    from runtime.app import build_app, select_sets
     from runtime.services import NatsServer, answers, ensure_postgres, ensure_redis, host_port
 
     problems = [p for p in (ensure_postgres(settings.postgres_dsn),
@@ -182,7 +183,8 @@ async def _up(settings: Settings) -> None:
         typer.echo(await ensure_admin(settings, settings.admin_email, settings.admin_password))
         app = build_app(settings)
         app.after_startup(lambda: typer.echo(USAGE.format(
-            sets=", ".join(settings.handler_sets), nats=settings.nats_url,
+            sets=", ".join(hs.name for hs in select_sets(settings.handler_sets)),
+            nats=settings.nats_url,
             admin=settings.admin_email)))
         await app.run()
     finally:

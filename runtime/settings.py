@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     request_workers: int = Field(32, ge=1, le=1024)
     graceful_timeout_seconds: float = Field(15.0, ge=0)
 
-    admin_email: str = "admin@atlantic.local"
+    admin_email: str = "admin@example.com"
     admin_password: str = "atlantic-admin-dev"
 
     @cached_property

@@ -178,3 +178,38 @@ async def test_sigterm_drains_in_flight_requests_and_exits_zero(settings, databa
 
     assert [r.status for r in replies] == [200] * 40
     assert exit_code == 0
+
+
+async def test_up_starts_nats_and_serves_register_login_and_me(settings, tmp_path):
+    """What a developer does on a fresh clone: `atlantic up`, then calls from another shell."""
+    nats_url = f"nats://127.0.0.1:{free_port()}"  # nothing answers there: up must start NATS
+    dsn = settings.postgres_dsn.replace(f"atlantic_test_{RUN_ID}", f"atlantic_test_{RUN_ID}_up")
+    env = cli_env(settings, ATLANTIC_NATS_URL=nats_url, ATLANTIC_POSTGRES_DSN=dsn,
+                  ATLANTIC_DATA_DIR=str(tmp_path), ATLANTIC_LOG_LEVEL="WARNING")
+    up = await asyncio.create_subprocess_exec(
+        ATLANTIC, "up", env=env, stdout=asyncio.subprocess.PIPE)
+    try:
+        banner = ""
+        while "Atlantic is running" not in banner:
+            line = await asyncio.wait_for(up.stdout.readline(), 60)
+            assert line, f"atlantic up exited early: {banner}"
+            banner += line.decode()
+        email = unique_email("up")
+        code, out, _ = await run_cli("call", "atlantic.users.register", json.dumps(
+            {"email": email, "password": TEST_PASSWORD, "name": "Up"}), env=env)
+        assert code == 0, out
+        code, out, _ = await run_cli("call", "atlantic.users.login", json.dumps(
+            {"email": email, "password": TEST_PASSWORD}), env=env)
+        assert code == 0, out
+        code, out, _ = await run_cli("call", "atlantic.users.me", "--token",
+                                     json.loads(out)["token"], env=env)
+        assert code == 0, out
+        assert json.loads(out)["email"] == email
+        assert "admin@example.com" in banner  # the default admin was created
+    finally:
+        up.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.wait_for(up.wait(), 30)
+        await drop_database(dsn)
+    assert exit_code == 0
+    code, _, err = await run_cli("call", "atlantic.users.me", env=env)
+    assert code == 3, err  # the NATS server up started is gone with it
