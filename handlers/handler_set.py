@@ -33,6 +33,8 @@ class EventConsumer:
     subject: str
     durable: str
     handler: Handler
+    max_deliver: int = EVENT_MAX_DELIVER
+    backoff: tuple[float, ...] = EVENT_BACKOFF_SECONDS
 
 
 @dataclass
@@ -56,11 +58,13 @@ class HandlerSet:
 
         return register
 
-    def event(self, subject: str, durable: str) -> Callable[[Handler], Handler]:
-        """Declares a JetStream consumer: durable, pull, acked only after the handler returns."""
+    def event(self, subject: str, durable: str, *, max_deliver: int = EVENT_MAX_DELIVER,
+              backoff: tuple[float, ...] = EVENT_BACKOFF_SECONDS) -> Callable[[Handler], Handler]:
+        """Declares a JetStream consumer: durable, pull, acked only after the handler returns;
+        a failing event is redelivered with backoff, then dead-lettered (runtime.deadletters)."""
 
         def register(handler: Handler) -> Handler:
-            self.consumers.append(EventConsumer(subject, durable, handler))
+            self.consumers.append(EventConsumer(subject, durable, handler, max_deliver, backoff))
             return handler
 
         return register
@@ -80,8 +84,8 @@ class HandlerSet:
                 pull_sub=PullSub(batch_size=32, timeout=0.5),
                 ack_policy=AckPolicy.NACK_ON_ERROR,
                 config=ConsumerConfig(
-                    max_deliver=EVENT_MAX_DELIVER,
-                    backoff=list(EVENT_BACKOFF_SECONDS),
+                    max_deliver=consumer.max_deliver,
+                    backoff=list(consumer.backoff[: consumer.max_deliver - 1]),
                     deliver_policy=DeliverPolicy.ALL,
                 ),
             )(consumer.handler)

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from handlers import HANDLER_SETS
 from handlers.handler_set import HandlerSet
+from runtime.deadletters import DeadLetters
 from runtime.errors import ErrorReplies, decode_json
 from runtime.micro import MicroService, StatsBook
 from runtime.relay import OutboxRelay
@@ -71,6 +72,8 @@ class AppResources:
         context.set_global("pool", self.pool)
         context.set_global("redis", self.redis)
         context.set_global("endpoint_stats", self.stats)
+        context.set_global("event_max_deliver", {
+            c.durable: c.max_deliver for hs in self.sets for c in hs.consumers})
         context.set_global("sessions", Sessions(
             self.redis, s.redis_prefix, idle_seconds=s.session_idle_seconds,
             absolute_seconds=s.session_absolute_seconds))
@@ -135,7 +138,7 @@ def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> Fas
     broker = NatsBroker(
         settings.nats_url,
         name=f"atlantic[{','.join(hs.name for hs in sets)}]",
-        middlewares=[ErrorReplies],
+        middlewares=[ErrorReplies, DeadLetters],
         decoder=decode_json,
         graceful_timeout=settings.graceful_timeout_seconds,
         log_level=logging.DEBUG,  # per-message access logs only when asked for

@@ -152,6 +152,31 @@ def docs() -> None:
         typer.echo(f"wrote {path}")
 
 
+async def _dead_letters(settings: Settings, consumer: str | None, limit: int) -> list:
+    from storage import deadletters
+    from storage.postgres import open_pool
+
+    pool = await open_pool(settings.postgres_dsn, 1)
+    try:
+        return await deadletters.recent(pool, consumer, limit)
+    finally:
+        await pool.close()
+
+
+@cli.command("dead-letters")
+def dead_letters(consumer: Annotated[str | None, typer.Option(help="one consumer only")] = None,
+                 limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50) -> None:
+    """Show the newest events consumers gave up on, with the reason."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("when", "consumer", "subject", "seq", "deliveries", "error")
+    for d in asyncio.run(_dead_letters(Settings(), consumer, limit)):
+        table.add_row(f"{d.created_at:%Y-%m-%d %H:%M:%S}", d.consumer, d.subject,
+                      str(d.stream_seq), str(d.deliveries), d.error)
+    Console().print(table)
+
+
 USAGE = """
 Atlantic is running ({sets}) on {nats}.
 From another shell:

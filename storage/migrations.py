@@ -11,7 +11,7 @@ from yoyo import read_migrations
 from yoyo.connections import get_backend_class, parse_uri
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-SCHEMAS = ("users", "catalog", "orders", "payments")
+SCHEMAS = ("ops", "users", "catalog", "orders", "payments")
 LOCK_KEY = 0x41544C414E544943  # "ATLANTIC"
 
 
