@@ -1,8 +1,14 @@
 """Every handler set, by the name `ATLANTIC_HANDLERS` and `--handlers` use."""
 
+from handlers.catalog import catalog
 from handlers.handler_set import HandlerSet
+from handlers.orders import orders
+from handlers.payments import payments
 from handlers.users import users
 
 HANDLER_SETS: dict[str, HandlerSet] = {
     "users": users,
+    "catalog": catalog,
+    "orders": orders,
+    "payments": payments,
 }

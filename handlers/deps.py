@@ -43,3 +43,13 @@ async def _admin_session(session: CurrentUser) -> SessionInfo:
     return session
 
 Admin = Annotated[SessionInfo, Depends(_admin_session, cast=False)]
+
+
+async def _optional_session(message: NatsMessage, sessions: SessionStore) -> SessionInfo | None:
+    """No token: anonymous. A token that is sent must be valid (no silent downgrade)."""
+    if not message.headers.get("Authorization"):
+        return None
+    return await _current_session(message, sessions)
+
+
+OptionalUser = Annotated[SessionInfo | None, Depends(_optional_session, cast=False)]

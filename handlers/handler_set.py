@@ -2,16 +2,21 @@
 and a factory that builds a fresh FastStream router from them for each app."""
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from faststream import AckPolicy
+from faststream.context import ContextRepo
 from faststream.nats import ConsumerConfig, JStream, NatsRouter, PullSub
 from nats.js.api import DeliverPolicy
 
 from contracts.events import STREAM
 
 Handler = Callable[..., Any]
+# Something a set runs beside its handlers (a cache client, a sweeper): entered once the shared
+# clients are in the context, before any message arrives; exited after the last one.
+Lifespan = Callable[[ContextRepo], AbstractAsyncContextManager[None]]
 
 # Redelivery of a failing event: a few quick retries, then slower ones, then the dead-letter table.
 EVENT_MAX_DELIVER = 6
@@ -44,6 +49,7 @@ class HandlerSet:
     outbox_schema: str | None = None
     endpoints: list[Endpoint] = field(default_factory=list)
     consumers: list[EventConsumer] = field(default_factory=list)
+    lifespans: list[Lifespan] = field(default_factory=list)
 
     @property
     def queue(self) -> str:
@@ -68,6 +74,11 @@ class HandlerSet:
             return handler
 
         return register
+
+    def lifespan(self, lifespan: Lifespan) -> Lifespan:
+        """Declares a resource or background task that lives as long as the app serves."""
+        self.lifespans.append(lifespan)
+        return lifespan
 
     def router(self, *, workers: int) -> NatsRouter:
         router = NatsRouter()

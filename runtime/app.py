@@ -1,11 +1,12 @@
 """App assembly: a broker with the chosen handler sets, and the clients they share.
 
-Start-up order: connect, migrate, declare the stream, open the pools (on_startup); start the
-subscribers (FastStream); then the outbox relays and $SRV responders (after_startup). Shutdown
-runs it backwards, after FastStream has drained in-flight messages.
+Start-up order: connect, migrate, declare the stream, open the pools, enter each set's lifespans
+(on_startup); start the subscribers (FastStream); then the outbox relays and $SRV responders
+(after_startup). Shutdown runs it backwards, after FastStream has drained in-flight messages.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -18,7 +19,7 @@ from redis.asyncio import Redis
 
 from handlers import HANDLER_SETS
 from handlers.handler_set import HandlerSet
-from runtime.deadletters import DeadLetters
+from runtime.deadletters import DeadLetters, RetryPolicy
 from runtime.errors import ErrorReplies, decode_json
 from runtime.micro import MicroService, StatsBook
 from runtime.relay import OutboxRelay
@@ -59,6 +60,7 @@ class AppResources:
         self.redis: Redis | None = None
         self.relays: list[OutboxRelay] = []
         self.services: list[MicroService] = []
+        self.lifespans = contextlib.AsyncExitStack()
 
     async def open(self) -> None:
         s = self.settings
@@ -72,14 +74,18 @@ class AppResources:
         context.set_global("pool", self.pool)
         context.set_global("redis", self.redis)
         context.set_global("endpoint_stats", self.stats)
-        context.set_global("event_max_deliver", {
-            c.durable: c.max_deliver for hs in self.sets for c in hs.consumers})
+        context.set_global("event_retry", {
+            c.durable: RetryPolicy(c.max_deliver, c.backoff)
+            for hs in self.sets for c in hs.consumers})
         context.set_global("sessions", Sessions(
             self.redis, s.redis_prefix, idle_seconds=s.session_idle_seconds,
             absolute_seconds=s.session_absolute_seconds))
         context.set_global("login_limiter", LoginLimiter(
             s.redis_url, s.redis_prefix, attempts=s.login_attempts,
             window_seconds=s.login_window_seconds))
+        for hs in self.sets:
+            for lifespan in hs.lifespans:
+                await self.lifespans.enter_async_context(lifespan(context))
 
     async def start_background(self) -> None:
         nc = self.broker.connection
@@ -119,6 +125,7 @@ class AppResources:
             await asyncio.sleep(0.01)
 
     async def close(self) -> None:
+        await self.lifespans.aclose()
         if self.pool:
             await self.pool.close()
         if self.redis:

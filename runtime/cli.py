@@ -80,6 +80,20 @@ async def ensure_admin(settings: Settings, email: str, password: str) -> str:
         await pool.close()
 
 
+async def ensure_demo_catalog(settings: Settings) -> str:
+    """Loads the demo catalog into an empty catalog; leaves a catalog with products alone."""
+    from handlers.catalog.demo import load_demo_catalog
+    from storage.postgres import open_pool
+
+    pool = await open_pool(settings.postgres_dsn, 2)
+    try:
+        async with pool.acquire() as db:
+            added = await load_demo_catalog(db)
+    finally:
+        await pool.close()
+    return f"loaded the demo catalog: {added} products" if added else "the catalog has products"
+
+
 @users_cli.command("create-admin")
 def create_admin(email: Annotated[str, typer.Option()],
                  password: Annotated[str, typer.Option()]) -> None:
@@ -185,6 +199,7 @@ From another shell:
   .venv/bin/atlantic call atlantic.users.login \\
       '{{"email": "ada@example.com", "password": "analytical-engine"}}'
   .venv/bin/atlantic call atlantic.users.me --token <token from login>
+  .venv/bin/atlantic call atlantic.catalog.products.list '{{"q": "coffee", "limit": 5}}'
 Admin: {admin} (password from ATLANTIC_ADMIN_PASSWORD). Discovery: nats micro ls, or
   .venv/bin/atlantic call '$SRV.INFO'
 Stop with Ctrl-C.
@@ -206,6 +221,7 @@ async def _up(settings: Settings) -> None:
         typer.echo(f"started nats-server with JetStream on {nats_server.url}")
     try:
         typer.echo(await ensure_admin(settings, settings.admin_email, settings.admin_password))
+        typer.echo(await ensure_demo_catalog(settings))  # after ensure_admin: migrations ran
         app = build_app(settings)
         app.after_startup(lambda: typer.echo(USAGE.format(
             sets=", ".join(hs.name for hs in select_sets(settings.handler_sets)),

@@ -1,13 +1,17 @@
 """Where an event goes when its consumer gives up on it.
 
 A malformed event (bad JSON, a body that fails validation, a typed domain error) will never
-succeed, so it is dead-lettered at once; any other failure is retried by JetStream with backoff
-and dead-lettered on its last delivery. Either way the message is then acked, so the consumer
-moves on and the others flow, and the reason waits in ops.dead_letters for an operator.
+succeed, so it is dead-lettered at once; any other failure is retried after the consumer's
+backoff delay and dead-lettered on its last delivery. The delay is sent with the nak: the
+server applies a consumer's BackOff only to ack timeouts, and a plain nak (FastStream's
+NACK_ON_ERROR) is redelivered at once, which would burn every delivery in milliseconds.
+A dead-lettered message is acked, so the consumer moves on and the others flow, and the
+reason waits in ops.dead_letters for an operator.
 """
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from faststream import BaseMiddleware
@@ -19,6 +23,18 @@ from storage import deadletters
 log = logging.getLogger("atlantic.deadletters")
 
 PERMANENT = (AtlanticError, ValidationError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_deliver: int
+    backoff: tuple[float, ...]
+
+    def delay(self, delivered: int) -> float:
+        """Seconds before delivery number `delivered + 1`."""
+        if not self.backoff:
+            return 0.0
+        return self.backoff[min(delivered, len(self.backoff)) - 1]
 
 
 def _event_id(body: bytes, headers: dict[str, str]) -> str | None:
@@ -39,12 +55,14 @@ class DeadLetters(BaseMiddleware):
             return await call_next(msg)
         except Exception as exc:
             meta = raw.metadata
-            limits: dict[str, int] = self.context.get("event_max_deliver") or {}
-            last = meta.num_delivered >= limits.get(meta.consumer, 1)
-            if not (isinstance(exc, PERMANENT) or last):
-                log.warning("%s failed on delivery %d of %s, will retry: %r",
-                            meta.consumer, meta.num_delivered, raw.subject, exc)
-                raise
+            policies: dict[str, RetryPolicy] = self.context.get("event_retry") or {}
+            policy = policies.get(meta.consumer, RetryPolicy(1, ()))
+            if not (isinstance(exc, PERMANENT) or meta.num_delivered >= policy.max_deliver):
+                delay = policy.delay(meta.num_delivered)
+                log.warning("%s failed on delivery %d of %s, retrying in %.1f s: %r",
+                            meta.consumer, meta.num_delivered, raw.subject, delay, exc)
+                await msg.nack(delay=delay)
+                return None
             reason = f"{type(exc).__name__}: {exc}"[:2000]
             await deadletters.add(
                 self.context.get("pool"), consumer=meta.consumer, subject=raw.subject,

@@ -1,5 +1,6 @@
 """Every setting in one place, read once from ATLANTIC_* environment variables (or .env)."""
 
+from decimal import Decimal
 from functools import cached_property
 
 from pydantic import Field
@@ -32,6 +33,35 @@ class Settings(BaseSettings):
     stream_duplicate_window_seconds: int = Field(2 * 60 * 60, ge=60)
     stream_max_bytes: int = Field(10 * 1024**3, ge=1024**2)
     stream_max_age_days: int = Field(30, ge=1)
+
+    # Catalog: how long an order's stock is held waiting for its payment, how often expired
+    # holds are swept, and the product cache (entries live briefly, so a missed invalidation
+    # while Redis was unreachable heals itself; a slow Redis counts as a miss, not a wait).
+    hold_seconds: float = Field(15 * 60, gt=0)
+    hold_sweep_seconds: float = Field(5.0, gt=0)
+    product_cache_seconds: int = Field(60, ge=1)
+    product_cache_timeout_seconds: float = Field(0.25, gt=0)
+
+    # Orders: an order still short of PAID or RESERVED this long after creation is cancelled;
+    # a delivered order may be returned within the window. Quotes come from catalog.quote.
+    order_deadline_seconds: float = Field(15 * 60, gt=0)
+    order_sweep_seconds: float = Field(5.0, gt=0)
+    return_window_days: float = Field(30, ge=0)
+    quote_timeout_seconds: float = Field(2.0, gt=0)
+
+    # The sandbox payment provider declines, deterministically, any charge above this amount and
+    # any charge for the customers listed (comma-separated user ids).
+    sandbox_decline_above: Decimal = Field(Decimal("10000.00"), ge=0)
+    sandbox_declined_customers: str = ""
+
+    # Analytics: events are kept this long in ClickHouse (older rows are dropped as parts merge);
+    # ingest batches close at this many events or this many seconds after their first event.
+    analytics_retention_days: int = Field(400, ge=1, le=36_500)
+    analytics_batch_size: int = Field(1_000, ge=1, le=10_000)
+    analytics_batch_seconds: float = Field(0.2, gt=0, le=10)
+    analytics_consumer: str = Field("analytics-ingest", pattern=r"^[A-Za-z0-9_-]+$")
+    # Unacked ingest messages (a crashed ingest's batch) come back after this; longer than any insert.
+    analytics_ack_wait_seconds: float = Field(60.0, ge=1)
 
     request_workers: int = Field(32, ge=1, le=1024)
     graceful_timeout_seconds: float = Field(15.0, ge=0)

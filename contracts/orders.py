@@ -1,0 +1,152 @@
+"""The orders set: placing orders and moving them through their life (DESIGN "The order saga")."""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from contracts.base import Id, Money, Request, Wire
+from contracts.events import (
+    MAX_ORDER_LINES,
+    InventoryReserved,
+    OrderCancelled,
+    OrderCreated,
+    OrderDelivered,
+    OrderItem,
+    OrderReturned,
+    OrderShipped,
+    OrderValidated,
+    PaymentProcessed,
+    Quantity,
+    Text,
+)
+
+CREATE = "atlantic.orders.create"
+GET = "atlantic.orders.get"
+LIST = "atlantic.orders.list"
+CANCEL = "atlantic.orders.cancel"
+SHIP = "atlantic.orders.ship"
+DELIVER = "atlantic.orders.deliver"
+RETURN = "atlantic.orders.return"
+
+ORDER_EVENTS = "atlantic.events.order.>"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 128
+MAX_PAGE = 100
+
+OrderStatus = Literal[
+    "CREATED", "VALIDATED", "PAID", "RESERVED", "SHIPPED", "DELIVERED", "CANCELLED", "RETURNED"]
+
+
+class OrderLine(Request):
+    product_id: Id
+    quantity: Quantity
+
+
+class CreateOrder(Request):
+    items: list[OrderLine] = Field(min_length=1, max_length=MAX_ORDER_LINES)
+
+    @field_validator("items")
+    @classmethod
+    def _one_line_per_product(cls, items: list[OrderLine]) -> list[OrderLine]:
+        if len({i.product_id for i in items}) != len(items):
+            raise ValueError("each product may appear only once; raise its quantity instead")
+        return items
+
+
+class GetOrder(Request):
+    order_id: Id
+
+
+class ListOrders(Request):
+    status: OrderStatus | None = None
+    created_from: datetime | None = Field(None, alias="from")
+    created_to: datetime | None = Field(None, alias="to")
+    limit: int = Field(20, ge=1, le=MAX_PAGE)
+    cursor: str | None = Field(None, max_length=200, description="nextCursor of the previous page")
+
+    @model_validator(mode="after")
+    def _window(self) -> "ListOrders":
+        if self.created_from and self.created_to and self.created_from >= self.created_to:
+            raise ValueError("'from' must be before 'to'")
+        return self
+
+
+class CancelOrder(Request):
+    order_id: Id
+    reason: Text = "cancelled by the customer"
+
+
+class ReturnOrder(Request):
+    order_id: Id
+    reason: Text = Field(min_length=1)
+
+
+class ShipOrder(Request):
+    order_id: Id
+    carrier: Text = Field(min_length=1, max_length=64)
+
+
+class DeliverOrder(Request):
+    order_id: Id
+
+
+class StatusChange(Wire):
+    status: OrderStatus
+    timestamp: datetime
+    note: str | None = None
+
+
+class Shipment(Wire):
+    shipment_id: str
+    carrier: str
+    tracking_number: str
+
+
+class Order(Wire):
+    order_id: str
+    customer_id: str
+    status: OrderStatus
+    items: list[OrderItem]
+    total_price: Money
+    paid_amount: Money  # charged and not refunded... see refundedAmount
+    refunded_amount: Money
+    shipment: Shipment | None = None
+    cancellation_reason: str | None = None
+    return_reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    history: list[StatusChange]
+
+
+class OrderSummary(Wire):
+    order_id: str
+    customer_id: str
+    status: OrderStatus
+    total_price: Money
+    created_at: datetime
+
+
+class OrderPage(Wire):
+    orders: list[OrderSummary]
+    next_cursor: str | None = Field(None, description="pass back as cursor; null on the last page")
+
+
+class OrderStatusReply(Wire):
+    order_id: str
+    status: OrderStatus
+
+
+class ShipmentReply(Wire):
+    order_id: str
+    shipment_id: str
+    carrier: str
+    tracking_number: str
+
+
+# Any event under atlantic.events.order.>, told apart by its "event" field.
+OrderLifecycleEvent = Annotated[
+    OrderCreated | OrderValidated | PaymentProcessed | InventoryReserved | OrderShipped
+    | OrderDelivered | OrderCancelled | OrderReturned,
+    Field(discriminator="event"),
+]

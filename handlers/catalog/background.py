@@ -1,0 +1,70 @@
+"""What the catalog runs beside its handlers: the product cache client and the hold sweeper."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from faststream.context import ContextRepo
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from handlers.catalog.service import catalog
+from storage import catalog as catalog_db
+from storage.cache import ProductCache
+
+log = logging.getLogger("atlantic.catalog")
+
+SWEEP_BATCH = 200
+
+
+@catalog.lifespan
+@contextlib.asynccontextmanager
+async def product_cache(context: ContextRepo) -> AsyncIterator[None]:
+    """A Redis client of its own with short timeouts and no retries: a slow or absent Redis
+    must cost a get one quick miss, not seconds of retrying."""
+    settings = context.get("settings")
+    timeout = settings.product_cache_timeout_seconds
+    redis = Redis.from_url(settings.redis_url, socket_timeout=timeout,
+                           socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    cache = ProductCache(redis, settings.redis_prefix, ttl_seconds=settings.product_cache_seconds)
+    context.set_global("product_cache", cache)
+    try:
+        yield
+    finally:
+        await cache.close()
+
+
+@catalog.lifespan
+@contextlib.asynccontextmanager
+async def hold_sweeper(context: ContextRepo) -> AsyncIterator[None]:
+    """Releases expired holds every few seconds, in every catalog replica (they share the work)."""
+    task = asyncio.create_task(_sweep_forever(context), name="catalog-hold-sweeper")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def sweep_once(context: ContextRepo) -> int:
+    """Releases one batch of expired holds; returns how many products it touched."""
+    cache = context.get("product_cache")
+    async with context.get("pool").acquire() as db, db.transaction():
+        touched = await catalog_db.release_expired(db, limit=SWEEP_BATCH)
+    await cache.invalidate(*touched)  # also retries any invalidation Redis missed
+    return len(touched)
+
+
+async def _sweep_forever(context: ContextRepo) -> None:
+    every = context.get("settings").hold_sweep_seconds
+    while True:
+        try:
+            await sweep_once(context)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # PostgreSQL away: the holds wait for the next sweep
+            log.warning("hold sweep failed; will retry", exc_info=True)
+        await asyncio.sleep(every)

@@ -1,0 +1,41 @@
+"""The orders handler set itself, the catalog client it quotes through, and shared helpers."""
+
+import json
+from typing import Annotated
+
+from faststream import Context
+from faststream.nats.annotations import NatsBroker
+from nats.errors import Error as NatsError
+
+from contracts.catalog import QUOTE, Quote
+from contracts.errors import NotFound, Unavailable
+from contracts.orders import OrderLine
+from handlers.handler_set import HandlerSet
+from storage.sessions import SessionInfo
+
+SCHEMA = "orders"  # this set's PostgreSQL schema: its tables, outbox and inbox
+
+orders = HandlerSet(
+    "orders", "Orders: placing them, their status through the saga, shipping and returns",
+    outbox_schema=SCHEMA,
+)
+
+QuoteTimeout = Annotated[float, Context("settings.quote_timeout_seconds")]
+
+
+async def request_quote(broker: NatsBroker, lines: list[OrderLine], timeout: float) -> Quote:
+    """Current prices and availability from the catalog set (it owns them; DESIGN step 1)."""
+    body = json.dumps({"items": [line.model_dump(mode="json") for line in lines]}).encode()
+    try:
+        reply = await broker.connection.request(QUOTE, body, timeout=timeout)
+    except (TimeoutError, NatsError):
+        raise Unavailable("the catalog did not answer; try again shortly") from None
+    if (reply.headers or {}).get("Nats-Service-Error-Code"):
+        raise Unavailable(f"the catalog refused the quote: {reply.data.decode()[:200]}")
+    return Quote.model_validate_json(reply.data)
+
+
+def visible_to(session: SessionInfo, customer_id: str, order_id: str) -> None:
+    """Customers see only their own orders; to them another's order does not exist."""
+    if session.role != "admin" and session.user_id != customer_id:
+        raise NotFound("order", order_id)

@@ -1,0 +1,174 @@
+"""Orders in PostgreSQL: rows, lines, status history, idempotency keys and ignored events."""
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import asyncpg
+
+from contracts.events import OrderItem
+from contracts.orders import Order, OrderStatus, OrderSummary, Shipment, StatusChange
+
+
+@dataclass(frozen=True)
+class OrderRow:
+    order_id: str
+    customer_id: str
+    status: OrderStatus
+    total_price: Decimal
+    paid_amount: Decimal
+    refunded_amount: Decimal
+    delivered_at: datetime | None
+
+
+async def insert(db: asyncpg.Connection, order_id: str, customer_id: str,
+                 items: list[OrderItem], total: Decimal) -> None:
+    await db.execute(
+        "INSERT INTO orders.orders (id, customer_id, status, total_price)"
+        " VALUES ($1, $2, 'CREATED', $3)", order_id, customer_id, total)
+    await db.executemany(
+        "INSERT INTO orders.order_items (order_id, product_id, quantity, price)"
+        " VALUES ($1, $2, $3, $4)",
+        [(order_id, i.product_id, i.quantity, i.price) for i in items])
+    await db.execute(
+        "INSERT INTO orders.history (order_id, status) VALUES ($1, 'CREATED')", order_id)
+
+
+async def remember_key(db: asyncpg.Connection, customer_id: str, key: str, request_hash: str,
+                       order_id: str) -> tuple[str, str]:
+    """Stores the key, or returns the (order_id, request_hash) a first request stored under it."""
+    row = await db.fetchrow(
+        "INSERT INTO orders.idempotency_keys (customer_id, key, request_hash, order_id)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING order_id, request_hash",
+        customer_id, key, request_hash, order_id)
+    if row is None:
+        row = await db.fetchrow(
+            "SELECT order_id, request_hash FROM orders.idempotency_keys"
+            " WHERE customer_id = $1 AND key = $2", customer_id, key)
+    return row["order_id"], row["request_hash"]
+
+
+async def find_key(db: asyncpg.Connection, customer_id: str, key: str) -> tuple[str, str] | None:
+    row = await db.fetchrow(
+        "SELECT order_id, request_hash FROM orders.idempotency_keys"
+        " WHERE customer_id = $1 AND key = $2", customer_id, key)
+    return (row["order_id"], row["request_hash"]) if row else None
+
+
+async def lock(db: asyncpg.Connection, order_id: str) -> OrderRow | None:
+    """The order's row, locked until the transaction ends: one change at a time per order."""
+    row = await db.fetchrow(
+        "SELECT id, customer_id, status, total_price, paid_amount, refunded_amount, delivered_at"
+        " FROM orders.orders WHERE id = $1 FOR UPDATE", order_id)
+    return OrderRow(*row.values()) if row else None
+
+
+async def set_status(db: asyncpg.Connection, order_id: str, status: OrderStatus,
+                     note: str | None = None, **columns: object) -> None:
+    """Moves the order to `status`, sets the given columns, and appends to its history."""
+    allowed = {"paid_amount", "shipment_id", "carrier", "tracking_number",
+               "cancellation_reason", "return_reason", "delivered_at"}
+    if unknown := set(columns) - allowed:
+        raise ValueError(f"not an order column: {unknown}")
+    assignments = "".join(f", {name} = ${n}" for n, name in enumerate(columns, start=3))
+    await db.execute(
+        f"UPDATE orders.orders SET status = $2, updated_at = now(){assignments} WHERE id = $1",
+        order_id, status, *columns.values())
+    await db.execute(
+        "INSERT INTO orders.history (order_id, status, note) VALUES ($1, $2, $3)",
+        order_id, status, note)
+
+
+async def record_charge(db: asyncpg.Connection, order_id: str, amount: Decimal) -> None:
+    await db.execute(
+        "UPDATE orders.orders SET paid_amount = $2, updated_at = now() WHERE id = $1",
+        order_id, amount)
+
+
+async def add_refund(db: asyncpg.Connection, order_id: str, amount: Decimal) -> None:
+    await db.execute(
+        "UPDATE orders.orders SET refunded_amount = refunded_amount + $2, updated_at = now()"
+        " WHERE id = $1", order_id, amount)
+
+
+async def record_ignored(db: asyncpg.Connection, event_id: str, order_id: str, event: str,
+                         status_then: str, reason: str) -> None:
+    await db.execute(
+        "INSERT INTO orders.ignored_events (event_id, order_id, event, status_then, reason)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        event_id, order_id, event, status_then, reason)
+
+
+async def ignored_events(db: asyncpg.Connection, order_id: str) -> list[asyncpg.Record]:
+    return await db.fetch(
+        "SELECT event_id, event, status_then, reason FROM orders.ignored_events"
+        " WHERE order_id = $1 ORDER BY at", order_id)
+
+
+async def view(db: asyncpg.Connection, order_id: str) -> Order | None:
+    row = await db.fetchrow("SELECT * FROM orders.orders WHERE id = $1", order_id)
+    if row is None:
+        return None
+    items = await db.fetch(
+        "SELECT product_id, quantity, price FROM orders.order_items WHERE order_id = $1"
+        " ORDER BY product_id", order_id)
+    history = await db.fetch(
+        "SELECT status, at, note FROM orders.history WHERE order_id = $1 ORDER BY id", order_id)
+    shipment = None
+    if row["shipment_id"]:
+        shipment = Shipment(shipment_id=row["shipment_id"], carrier=row["carrier"],
+                            tracking_number=row["tracking_number"])
+    return Order(
+        order_id=row["id"], customer_id=row["customer_id"], status=row["status"],
+        items=[OrderItem(**dict(i)) for i in items], total_price=row["total_price"],
+        paid_amount=row["paid_amount"], refunded_amount=row["refunded_amount"],
+        shipment=shipment, cancellation_reason=row["cancellation_reason"],
+        return_reason=row["return_reason"], created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        history=[StatusChange(status=h["status"], timestamp=h["at"], note=h["note"])
+                 for h in history])
+
+
+def _encode_cursor(created_at: datetime, order_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), order_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises ValueError for anything that is not a cursor this module made."""
+    created_at, order_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    return datetime.fromisoformat(created_at), str(order_id)
+
+
+async def page(db: asyncpg.Connection, *, customer_id: str | None, status: str | None,
+               created_from: datetime | None, created_to: datetime | None,
+               after: tuple[datetime, str] | None, limit: int,
+               ) -> tuple[list[OrderSummary], str | None]:
+    """Newest first; keyset on (created_at, id) so pages neither skip nor repeat an order."""
+    rows = await db.fetch(
+        "SELECT id, customer_id, status, total_price, created_at FROM orders.orders"
+        " WHERE ($1::text IS NULL OR customer_id = $1) AND ($2::text IS NULL OR status = $2)"
+        "   AND ($3::timestamptz IS NULL OR created_at >= $3)"
+        "   AND ($4::timestamptz IS NULL OR created_at < $4)"
+        "   AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))"
+        " ORDER BY created_at DESC, id DESC LIMIT $7",
+        customer_id, status, created_from, created_to,
+        after[0] if after else None, after[1] if after else None, limit + 1)
+    orders = [OrderSummary(order_id=r["id"], customer_id=r["customer_id"], status=r["status"],
+                           total_price=r["total_price"], created_at=r["created_at"])
+              for r in rows[:limit]]
+    more = len(rows) > limit
+    return orders, _encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["id"]) if more \
+        else None
+
+
+async def overdue(db: asyncpg.Connection, older_than_seconds: float, limit: int) -> list[str]:
+    """Orders still waiting on the saga past their deadline, locked; others sweepers skip them."""
+    rows = await db.fetch(
+        "SELECT id FROM orders.orders WHERE status IN ('CREATED', 'VALIDATED', 'PAID')"
+        " AND created_at < now() - make_interval(secs => $1)"
+        " ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        older_than_seconds, limit)
+    return [r["id"] for r in rows]

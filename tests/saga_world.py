@@ -1,0 +1,163 @@
+"""A world of its own for the order saga: every set, on a NATS server and a database of its own,
+so its events never meet the shared system's (whose catalog tests drive the saga by hand).
+
+Two shapes: every set in this process, or each set in its own `atlantic serve` process.
+"""
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+from conftest import RUN_ID, TEST_PASSWORD, eventually, sign_up, unique_email
+
+from runtime.app import build_app
+from runtime.cli import ensure_admin
+from runtime.client import AtlanticClient
+from runtime.services import NatsServer, free_port
+from runtime.settings import Settings
+from storage.postgres import create_database, drop_database
+
+ATLANTIC = str(Path(sys.executable).parent / "atlantic")
+SAGA_SETS = ("users", "catalog", "orders", "payments")
+
+
+@dataclass
+class World:
+    settings: Settings
+    nats: NatsServer
+    client: AtlanticClient
+    admin: AtlanticClient
+    db: asyncpg.Pool
+    processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+
+    async def customer(self) -> tuple[AtlanticClient, str]:
+        signed_in, account = await sign_up(self.client)
+        return signed_in, account["userId"]
+
+    async def product(self, price: str = "25.00", stock: int = 100) -> str:
+        n = next(_numbers)
+        reply = await self.admin.call("atlantic.catalog.products.create", {
+            "name": f"Saga Lamp {n}", "price": price, "category": f"Saga {RUN_ID}",
+            "stock": stock, "sku": f"S-{RUN_ID}-{n}"})
+        assert reply.ok, reply.body
+        return reply.body["productId"]
+
+    async def order(self, customer: AtlanticClient, *lines: tuple[str, int],
+                    headers: dict[str, str] | None = None) -> dict:
+        reply = await customer.call("atlantic.orders.create", {"items": [
+            {"productId": p, "quantity": q} for p, q in lines]}, headers=headers)
+        assert reply.ok, reply.body
+        return reply.body
+
+    async def status_becomes(self, customer: AtlanticClient, order_id: str, status: str,
+                             seconds: float = 20.0) -> dict:
+        async def check():
+            reply = await customer.call("atlantic.orders.get", {"orderId": order_id})
+            assert reply.ok, reply.body
+            return reply.body if reply.body["status"] == status else None
+
+        return await eventually(check, seconds=seconds)
+
+    async def stock(self, product_id: str) -> dict:
+        reply = await self.client.call("atlantic.catalog.inventory.get",
+                                       {"productId": product_id})
+        assert reply.ok, reply.body
+        return reply.body
+
+    async def payment(self, order_id: str) -> dict:
+        reply = await self.admin.call("atlantic.payments.get", {"orderId": order_id})
+        assert reply.ok, reply.body
+        return reply.body
+
+    async def charges(self, order_id: str) -> int:
+        """Charges the sandbox provider made for the order: the money that really moved."""
+        return await self.db.fetchval(
+            "SELECT count(*) FROM payments.sandbox_ledger WHERE idempotency_key = $1",
+            f"charge-{order_id}")
+
+
+_numbers = iter(range(10**9))
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return os.environ | {
+        "ATLANTIC_NATS_URL": settings.nats_url,
+        "ATLANTIC_POSTGRES_DSN": settings.postgres_dsn,
+        "ATLANTIC_REDIS_URL": settings.redis_url,
+        "ATLANTIC_REDIS_PREFIX": settings.redis_prefix,
+        "ATLANTIC_OUTBOX_SWEEP_SECONDS": str(settings.outbox_sweep_seconds),
+        "ATLANTIC_ORDER_SWEEP_SECONDS": str(settings.order_sweep_seconds),
+        "ATLANTIC_HOLD_SWEEP_SECONDS": str(settings.hold_sweep_seconds),
+        "ATLANTIC_SANDBOX_DECLINE_ABOVE": str(settings.sandbox_decline_above),
+        "ATLANTIC_LOG_LEVEL": "WARNING",
+    }
+
+
+async def start_set(world: World, name: str) -> None:
+    """Starts `atlantic serve --handlers name` and waits until it answers $SRV.PING."""
+    world.processes[name] = await asyncio.create_subprocess_exec(
+        ATLANTIC, "serve", "--handlers", name, env=_env(world.settings))
+    nc = world.client.nc
+
+    async def answers():
+        try:
+            await nc.request(f"$SRV.PING.atlantic-{name}", b"", timeout=0.2)
+            return True
+        except Exception:
+            return False
+
+    await eventually(answers, seconds=30)
+
+
+async def stop_set(world: World, name: str, sig: int = signal.SIGTERM) -> None:
+    process = world.processes.pop(name)
+    if process.returncode is None:
+        process.send_signal(sig)
+        await asyncio.wait_for(process.wait(), 30)
+
+
+@contextlib.asynccontextmanager
+async def open_world(settings: Settings, store: Path, shape: str, tag: str
+                     ) -> AsyncIterator[World]:
+    """shape: "one-process" (every set in this process) or "process-per-set"."""
+    nats = NatsServer(free_port(), store).start()
+    dsn = settings.postgres_dsn.replace(f"atlantic_test_{RUN_ID}",
+                                        f"atlantic_test_{RUN_ID}_{tag}")
+    world_settings = settings.model_copy(update={
+        "nats_url": nats.url, "postgres_dsn": dsn,
+        "redis_prefix": f"atlantic-test-{RUN_ID}-{tag}:",
+        "sandbox_decline_above": Decimal("5000.00")})
+    await create_database(dsn)
+    admin_email = unique_email("saga-admin")
+    await ensure_admin(world_settings, admin_email, TEST_PASSWORD)
+    db = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    client = await AtlanticClient.connect(nats.url)
+    world = World(world_settings, nats, client, client, db)
+    in_process = contextlib.AsyncExitStack()
+    try:
+        if shape == "one-process":
+            await in_process.enter_async_context(build_app(world_settings, SAGA_SETS))
+        else:
+            for name in SAGA_SETS:
+                await start_set(world, name)
+        login = await client.call("atlantic.users.login",
+                                  {"email": admin_email, "password": TEST_PASSWORD})
+        assert login.ok, login.body
+        world.admin = client.signed_in(login.body["token"])
+        yield world
+    finally:
+        for name in list(world.processes):
+            await stop_set(world, name)
+        await in_process.aclose()
+        await client.close()
+        await db.close()
+        nats.stop()
+        if not os.environ.get("ATLANTIC_KEEP_TEST_DB"):
+            await drop_database(dsn)
