@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     analytics_batch_size: int = Field(1_000, ge=1, le=10_000)
     analytics_batch_seconds: float = Field(0.2, gt=0, le=10)
     analytics_consumer: str = Field("analytics-ingest", pattern=r"^[A-Za-z0-9_-]+$")
-    # Unacked ingest messages (a crashed ingest's batch) come back after this; longer than any insert.
+    # Unacked ingest messages (a crashed ingest's batch) come back after this; longer than any
+    # insert.
     analytics_ack_wait_seconds: float = Field(60.0, ge=1)
 
     request_workers: int = Field(32, ge=1, le=1024)

@@ -32,8 +32,7 @@ from handlers.catalog import saga as catalog_saga
 from handlers.orders import requests as order_requests
 from handlers.orders import saga as orders_saga
 from handlers.orders.lifecycle import FINAL, NEXT
-from handlers.payments import OrderNotYetKnown
-from handlers.payments import on_order_event as payments_on_order_event
+from handlers.payments import OrderNotYetKnown, charge_or_refund
 from handlers.payments.provider import SandboxProvider
 from storage import catalog as catalog_db
 from storage import orders as order_store
@@ -124,11 +123,11 @@ class Saga(RuleBasedStateMachine):
             try:
                 match consumer:
                     case "orders":
-                        await orders_saga.on_order_event(event, db)
+                        await orders_saga.track_order_status(event, db)
                     case "orders-reservation-failed":
                         await orders_saga.on_reservation_failed(event, db)
                     case "payments":
-                        await payments_on_order_event(event, db, self.provider)
+                        await charge_or_refund(event, db, self.provider)
                     case "catalog-hold":
                         await catalog_saga.hold_stock(event, db, self.cache, 600.0)
                     case "catalog-settle":

@@ -69,7 +69,7 @@ async def _refunded(db: Db, event: PaymentProcessed) -> None:
 
 
 @orders.event(ORDER_EVENTS, durable=LIFECYCLE_CONSUMER)
-async def on_order_event(event: OrderLifecycleEvent, db: Db) -> None:
+async def track_order_status(event: OrderLifecycleEvent, db: Db) -> None:
     """Moves the order on what the catalog and payments report; its own events need nothing."""
     match event:
         case OrderValidated(is_valid=True):

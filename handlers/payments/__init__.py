@@ -86,7 +86,7 @@ async def _refund(db: Db, provider: PaymentProvider, order_id: str, amount: Deci
 
 
 @payments.event(ORDER_EVENTS, durable=CONSUMER)
-async def on_order_event(event: OrderLifecycleEvent, db: Db, provider: Provider) -> None:
+async def charge_or_refund(event: OrderLifecycleEvent, db: Db, provider: Provider) -> None:
     """Charges validated orders once, refunds cancelled and returned ones; each event once."""
     if not isinstance(event, OrderCreated | OrderValidated | OrderCancelled | OrderReturned):
         return
