@@ -20,6 +20,9 @@ async def _connection(
 
 
 Db = Annotated[asyncpg.Connection, Depends(_connection, cast=False)]
+# For a handler that waits on another set before it writes: holding a connection across that
+# wait could leave every connection waiting on a set that needs one.
+Pool = Annotated[asyncpg.Pool, Context("pool")]
 SessionStore = Annotated[Sessions, Context("sessions")]
 LoginLimits = Annotated[LoginLimiter, Context("login_limiter")]
 

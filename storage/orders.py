@@ -50,7 +50,8 @@ async def remember_key(db: asyncpg.Connection, customer_id: str, key: str, reque
     return row["order_id"], row["request_hash"]
 
 
-async def find_key(db: asyncpg.Connection, customer_id: str, key: str) -> tuple[str, str] | None:
+async def find_key(db: asyncpg.Connection | asyncpg.Pool, customer_id: str,
+                   key: str) -> tuple[str, str] | None:
     row = await db.fetchrow(
         "SELECT order_id, request_hash FROM orders.idempotency_keys"
         " WHERE customer_id = $1 AND key = $2", customer_id, key)
@@ -107,7 +108,7 @@ async def ignored_events(db: asyncpg.Connection, order_id: str) -> list[asyncpg.
         " WHERE order_id = $1 ORDER BY at", order_id)
 
 
-async def view(db: asyncpg.Connection, order_id: str) -> Order | None:
+async def view(db: asyncpg.Connection | asyncpg.Pool, order_id: str) -> Order | None:
     row = await db.fetchrow("SELECT * FROM orders.orders WHERE id = $1", order_id)
     if row is None:
         return None

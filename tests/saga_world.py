@@ -96,6 +96,7 @@ def _env(settings: Settings) -> dict[str, str]:
         "ATLANTIC_ORDER_SWEEP_SECONDS": str(settings.order_sweep_seconds),
         "ATLANTIC_HOLD_SWEEP_SECONDS": str(settings.hold_sweep_seconds),
         "ATLANTIC_SANDBOX_DECLINE_ABOVE": str(settings.sandbox_decline_above),
+        "ATLANTIC_GRACEFUL_TIMEOUT_SECONDS": str(settings.graceful_timeout_seconds),
         "ATLANTIC_LOG_LEVEL": "WARNING",
     }
 

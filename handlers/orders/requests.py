@@ -41,7 +41,7 @@ from contracts.orders import (
     ShipmentReply,
     ShipOrder,
 )
-from handlers.deps import Admin, CurrentUser, Db
+from handlers.deps import Admin, CurrentUser, Db, Pool
 from handlers.orders.lifecycle import CANCELLABLE
 from handlers.orders.service import SCHEMA, QuoteTimeout, orders, request_quote, visible_to
 from storage import orders as store
@@ -79,7 +79,7 @@ def _quote_problems(quote: Quote) -> list[dict[str, str]]:
     return problems
 
 
-async def _replay(db: Db, order_id: str, request_hash: str, wanted_hash: str) -> Order:
+async def _replay(db: Db | Pool, order_id: str, request_hash: str, wanted_hash: str) -> Order:
     if request_hash != wanted_hash:
         raise Conflict(f"this {IDEMPOTENCY_HEADER} was used for a different order",
                        code="idempotency_key_reused")
@@ -87,16 +87,16 @@ async def _replay(db: Db, order_id: str, request_hash: str, wanted_hash: str) ->
 
 
 @orders.request(CREATE)
-async def create_order(req: CreateOrder, user: CurrentUser, db: Db, msg: NatsMessage,
+async def create_order(req: CreateOrder, user: CurrentUser, pool: Pool, msg: NatsMessage,
                        broker: NatsBroker, timeout: QuoteTimeout) -> Order:
     """Places an order at the catalog's current prices; a retry with the same Idempotency-Key
     returns the first order instead of placing a second."""
     key = _idempotency_key(msg)
     request_hash = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
-    if key and (found := await store.find_key(db, user.user_id, key)):
-        return await _replay(db, *found, request_hash)
+    if key and (found := await store.find_key(pool, user.user_id, key)):
+        return await _replay(pool, *found, request_hash)
 
-    quote = await request_quote(broker, req.items, timeout)
+    quote = await request_quote(broker, req.items, timeout)  # holding no connection meanwhile
     if problems := _quote_problems(quote):
         raise Unprocessable("some items cannot be ordered", code="items_unavailable",
                             details=problems)
@@ -104,20 +104,21 @@ async def create_order(req: CreateOrder, user: CurrentUser, db: Db, msg: NatsMes
     items = [OrderItem(product_id=q.product_id, quantity=q.quantity, price=q.price)
              for q in quote.items]
     order_id = new_id()
-    try:
-        async with db.transaction():
-            await store.insert(db, order_id, user.user_id, items, quote.total_price)
-            if key:
-                first_id, first_hash = await store.remember_key(
-                    db, user.user_id, key, request_hash, order_id)
-                if first_id != order_id:
-                    raise _KeyAlreadyUsed(first_id, first_hash)
-            await outbox.add(db, SCHEMA, OrderCreated(
-                order_id=order_id, customer_id=user.user_id, items=items,
-                total_price=quote.total_price))
-    except _KeyAlreadyUsed as first:
-        return await _replay(db, first.order_id, first.request_hash, request_hash)
-    return await store.view(db, order_id)
+    async with pool.acquire() as db:
+        try:
+            async with db.transaction():
+                await store.insert(db, order_id, user.user_id, items, quote.total_price)
+                if key:
+                    first_id, first_hash = await store.remember_key(
+                        db, user.user_id, key, request_hash, order_id)
+                    if first_id != order_id:
+                        raise _KeyAlreadyUsed(first_id, first_hash)
+                await outbox.add(db, SCHEMA, OrderCreated(
+                    order_id=order_id, customer_id=user.user_id, items=items,
+                    total_price=quote.total_price))
+        except _KeyAlreadyUsed as first:
+            return await _replay(db, first.order_id, first.request_hash, request_hash)
+        return await store.view(db, order_id)
 
 
 @orders.request(GET)

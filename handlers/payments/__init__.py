@@ -1,11 +1,13 @@
 """The payments set: one charge per order through a PaymentProvider, refunds on cancel and
 return (DESIGN "The order saga", steps 3 and 6)."""
 
+import contextlib
+from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated
 
-import asyncpg
-from faststream import Context, Depends
+from faststream import Context
+from faststream.context import ContextRepo
 
 from contracts.errors import NotFound
 from contracts.events import (
@@ -22,6 +24,7 @@ from handlers.handler_set import HandlerSet
 from handlers.payments.provider import PaymentProvider, SandboxProvider
 from storage import inbox, outbox
 from storage import payments as store
+from storage.postgres import open_pool
 
 SCHEMA = "payments"
 CONSUMER = "payments-orders"
@@ -34,13 +37,23 @@ class OrderNotYetKnown(Exception):
     """OrderValidated came before this set saw OrderCreated; JetStream redelivers it later."""
 
 
-def _sandbox(pool: Annotated[asyncpg.Pool, Context("pool")],
-             settings: Annotated[Any, Context("settings")]) -> PaymentProvider:
+@payments.lifespan
+@contextlib.asynccontextmanager
+async def payment_provider(context: ContextRepo) -> AsyncIterator[None]:
+    """The provider is an outside system with connections of its own: a charge made while the
+    handler holds its own connection must never wait for one from the handlers' pool."""
+    settings = context.get("settings")
     declined = frozenset(c.strip() for c in settings.sandbox_declined_customers.split(",") if c)
-    return SandboxProvider(pool, settings.sandbox_decline_above, declined)
+    pool = await open_pool(settings.postgres_dsn, 4)
+    context.set_global("payment_provider",
+                       SandboxProvider(pool, settings.sandbox_decline_above, declined))
+    try:
+        yield
+    finally:
+        await pool.close()
 
 
-Provider = Annotated[PaymentProvider, Depends(_sandbox, cast=False)]
+Provider = Annotated[PaymentProvider, Context("payment_provider")]
 
 
 async def _charge(db: Db, provider: PaymentProvider, event: OrderValidated) -> None:
