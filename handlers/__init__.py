@@ -1,5 +1,6 @@
 """Every handler set, by the name `ATLANTIC_HANDLERS` and `--handlers` use."""
 
+from handlers.analytics import analytics
 from handlers.catalog import catalog
 from handlers.handler_set import HandlerSet
 from handlers.orders import orders
@@ -8,6 +9,7 @@ from handlers.users import users
 
 HANDLER_SETS: dict[str, HandlerSet] = {
     "users": users,
+    "analytics": analytics,
     "catalog": catalog,
     "orders": orders,
     "payments": payments,

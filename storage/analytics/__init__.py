@@ -1,0 +1,235 @@
+"""Analytics storage: the event tables in ClickHouse and every dashboard query over them.
+
+One small interface, two backends (storage.analytics.backends) and the same SQL. Every value
+travels as a bound `{name:Type}` parameter; the only text put into SQL is the database name
+from configuration (checked to be an identifier) and fixed fragments chosen from enums.
+The engine calls block, so they run in a thread pool of the backend's size.
+"""
+
+import asyncio
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from storage.analytics import schema
+from storage.analytics.backends import Backend, ChdbBackend, ServerBackend
+from storage.analytics.rows import ch_time
+
+T = "DateTime64(3, 'UTC')"
+WINDOW = f"timestamp >= {{start:{T}}} AND timestamp < {{end:{T}}}"
+
+
+def _parse(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line, parse_float=Decimal) for line in data.splitlines() if line]
+
+
+def _time(text: str | None) -> datetime | None:
+    if not text or text.startswith("1970-01-01"):
+        return None
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+class AnalyticsStore:
+    def __init__(self, backend: Backend, retention_days: int):
+        self.backend = backend
+        self.db = backend.database
+        if not self.db.isidentifier():
+            raise ValueError(f"bad ClickHouse database name {self.db!r}")
+        self._retention_days = retention_days
+        self._pool = ThreadPoolExecutor(backend.max_threads, thread_name_prefix="clickhouse")
+
+    @classmethod
+    def for_settings(cls, clickhouse_url: str | None, data_dir: str,
+                     retention_days: int) -> "AnalyticsStore":
+        backend = ServerBackend(clickhouse_url) if clickhouse_url else ChdbBackend(data_dir)
+        return cls(backend, retention_days)
+
+    async def start(self) -> None:
+        for statement in schema.statements(self.db, self._retention_days):
+            await self._run(self.backend.query, statement, {})
+
+    async def close(self) -> None:
+        await self._run(self.backend.close)
+        self._pool.shutdown(wait=True)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        params = {k: ch_time(v) if isinstance(v, datetime) else v for k, v in params.items()}
+        return _parse(await self._run(self.backend.query, sql.replace("{db}", self.db), params))
+
+    async def _one(self, sql: str, **params: Any) -> dict[str, Any]:
+        return (await self._rows(sql, **params))[0]
+
+    # --- ingest -------------------------------------------------------------------------
+
+    async def stored_ids(self, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+        """Which of these events are already stored (a redelivery or a republished event).
+        Duplicates share event and timestamp, so the primary key narrows the search."""
+        if not rows:
+            return set()
+        found = await self._rows(
+            f"SELECT DISTINCT event_id FROM {{db}}.events"
+            f" WHERE event IN {{events:Array(String)}}"
+            f" AND timestamp >= {{lo:{T}}} AND timestamp <= {{hi:{T}}}"
+            f" AND event_id IN {{ids:Array(String)}}",
+            events=sorted({r["event"] for r in rows}),
+            lo=min(r["timestamp"] for r in rows), hi=max(r["timestamp"] for r in rows),
+            ids=[r["event_id"] for r in rows])
+        return {r["event_id"] for r in found}
+
+    async def insert_new_events(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Inserts the events not stored yet, once each; returns how many were new.
+        One process inserts at a time per consumer, so check-then-insert is exact."""
+        unique = list({r["event_id"]: r for r in rows}.values())
+        stored = await self.stored_ids(unique)
+        new = [r for r in unique if r["event_id"] not in stored]
+        if new:
+            body = "\n".join(json.dumps(r, separators=(",", ":")) for r in new).encode()
+            await self._run(self.backend.insert, f"{self.db}.events", body)
+        return len(new)
+
+    async def ingest_lag(self) -> dict[str, Any]:
+        row = await self._one(
+            "SELECT max(ingested_at) AS last,"
+            " maxIf(dateDiff('millisecond', published_at, ingested_at),"
+            "       ingested_at >= now64(3) - INTERVAL 1 MINUTE) AS lag_ms,"
+            " countIf(ingested_at >= now64(3) - INTERVAL 1 MINUTE) AS recent"
+            " FROM {db}.events WHERE ingested_at >= now64(3) - INTERVAL 1 DAY")
+        lag = row["lag_ms"] / 1000 if int(row["recent"]) else None
+        return {"last_ingested_at": _time(row["last"]), "lag_seconds": lag}
+
+    async def event_count(self) -> int:
+        return int((await self._one("SELECT count() AS n FROM {db}.events"))["n"])
+
+    # --- dashboard queries ----------------------------------------------------------------
+
+    async def summary(self, start: datetime, end: datetime) -> dict[str, Any]:
+        return await self._one(
+            "SELECT uniqExactIf(order_id, event = 'OrderCreated') AS orders,"
+            " sumIf(amount, event = 'OrderCreated') AS revenue,"
+            " sumIf(quantity, event = 'OrderCreated') AS units,"
+            " uniqExactIf(order_id, event = 'OrderCancelled') AS cancelled,"
+            " uniqExactIf(order_id, event = 'OrderReturned') AS returned,"
+            " sumIf(amount, event = 'PaymentProcessed' AND status = 'REFUNDED') AS refunds"
+            f" FROM {{db}}.events WHERE {WINDOW}", start=start, end=end)
+
+    async def sales_series(self, start: datetime, end: datetime, step_seconds: int,
+                           metric: str) -> dict[int, Decimal]:
+        """Sales per bucket from the per-minute pre-aggregate; bucket = epoch seconds."""
+        column = {"revenue": "sum(revenue)", "orders": "sum(orders)", "units": "sum(units)"}[metric]
+        rows = await self._rows(
+            f"SELECT intDiv(toUInt32(minute), {{step:UInt32}}) * {{step:UInt32}} AS bucket,"
+            f" {column} AS value FROM {{db}}.sales_by_minute"
+            f" WHERE minute >= {{start:{T}}} AND minute < {{end:{T}}}"
+            " GROUP BY bucket", start=start, end=end, step=step_seconds)
+        return {int(r["bucket"]): Decimal(r["value"]) for r in rows}
+
+    async def active_users_series(self, start: datetime, end: datetime,
+                                  step_seconds: int) -> dict[int, Decimal]:
+        rows = await self._rows(
+            "SELECT intDiv(toUInt32(toDateTime(timestamp)), {step:UInt32}) * {step:UInt32}"
+            " AS bucket, uniqExact(user_id) AS value"
+            f" FROM {{db}}.events WHERE {WINDOW} AND user_id != '' GROUP BY bucket",
+            start=start, end=end, step=step_seconds)
+        return {int(r["bucket"]): Decimal(r["value"]) for r in rows}
+
+    async def top_products(self, start: datetime, end: datetime, by: str,
+                           limit: int) -> list[dict[str, Any]]:
+        order = {"revenue": "revenue DESC, units DESC",
+                 "units": "units DESC, revenue DESC"}[by]
+        return await self._rows(
+            "SELECT product_id, sum(revenue) AS revenue, sum(quantity) AS units,"
+            " uniqExact(order_id) AS orders"
+            f" FROM {{db}}.order_lines WHERE {WINDOW}"
+            f" GROUP BY product_id ORDER BY {order}, product_id LIMIT {{limit:UInt32}}",
+            start=start, end=end, limit=limit)
+
+    async def order_funnel(self, start: datetime, end: datetime) -> dict[str, int]:
+        """Orders created in the window, and how many of them reached each later step."""
+        row = await self._one(
+            "SELECT count() AS created, countIf(v) AS validated, countIf(v AND p) AS paid,"
+            " countIf(v AND p AND r) AS reserved, countIf(v AND p AND r AND s) AS shipped,"
+            " countIf(v AND p AND r AND s AND d) AS delivered FROM ("
+            "  SELECT order_id,"
+            "   max(event = 'OrderValidated' AND status = 'valid') AS v,"
+            "   max(event = 'PaymentProcessed' AND status = 'SUCCESS') AS p,"
+            "   max(event = 'InventoryReserved') AS r,"
+            "   max(event = 'OrderShipped') AS s,"
+            "   max(event = 'OrderDelivered') AS d"
+            "  FROM {db}.events WHERE order_id IN ("
+            f"   SELECT order_id FROM {{db}}.events WHERE event = 'OrderCreated' AND {WINDOW})"
+            "  GROUP BY order_id)", start=start, end=end)
+        return {k: int(v) for k, v in row.items()}
+
+    async def shopper_funnel(self, start: datetime, end: datetime) -> dict[str, int]:
+        """People (signed in or anonymous) active in the window, by how far they went."""
+        row = await self._one(
+            "SELECT countIf(v) AS viewed, countIf(v AND a) AS added_to_cart,"
+            " countIf(v AND a AND c) AS checkout, countIf(v AND a AND c AND o) AS purchased"
+            " FROM ("
+            "  SELECT if(user_id != '', user_id, anonymous_id) AS actor,"
+            "   max(event = 'ProductViewed') AS v, max(event = 'AddedToCart') AS a,"
+            "   max(event = 'CheckoutStarted') AS c, max(event = 'OrderCreated') AS o"
+            f"  FROM {{db}}.events WHERE {WINDOW} AND event IN"
+            "   ('ProductViewed', 'AddedToCart', 'CheckoutStarted', 'OrderCreated')"
+            "  GROUP BY actor HAVING actor != '')", start=start, end=end)
+        return {k: int(v) for k, v in row.items()}
+
+    _STOCK = (
+        "SELECT product_id,"
+        " argMaxIf(on_hand, (timestamp, event_id), on_hand IS NOT NULL) AS on_hand,"
+        " argMaxIf(available, (timestamp, event_id), available IS NOT NULL) AS available,"
+        " sumIf(quantity, event = 'InventoryAdjusted' AND quantity > 0 AND in_window)"
+        "  AS units_in,"
+        " -sumIf(quantity, event = 'InventoryAdjusted' AND quantity < 0 AND in_window)"
+        "  AS units_out,"
+        " sumIf(quantity, event = 'InventoryReserved' AND in_window) AS units_reserved"
+        " FROM ("
+        "  SELECT product_id, event, timestamp, event_id, on_hand, available, quantity,"
+        f"   timestamp >= {{start:{T}}} AS in_window FROM {{db}}.events"
+        "  WHERE event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')"
+        f"   AND timestamp < {{end:{T}}}"
+        "  UNION ALL"
+        "  SELECT item.product_id, event, timestamp, event_id, NULL, NULL, item.quantity, true"
+        "  FROM {db}.events ARRAY JOIN items AS item"
+        f"  WHERE event = 'InventoryReserved' AND {WINDOW}"
+        " ) GROUP BY product_id")
+
+    async def stock(self, start: datetime, end: datetime, limit: int) -> list[dict[str, Any]]:
+        """Per product: the latest level reported before `end`, and movement in the window."""
+        return await self._rows(self._STOCK + " ORDER BY product_id LIMIT {limit:UInt32}",
+                                start=start, end=end, limit=limit)
+
+    async def low_stock(self, start: datetime, end: datetime, threshold: int,
+                        limit: int) -> list[dict[str, Any]]:
+        return await self._rows(
+            self._STOCK + " HAVING available <= {threshold:Int64}"
+            " ORDER BY available, product_id LIMIT {limit:UInt32}",
+            start=start, end=end, threshold=threshold, limit=limit)
+
+    async def low_stock_alerts(self, start: datetime, end: datetime) -> int:
+        row = await self._one(
+            f"SELECT count() AS n FROM {{db}}.events WHERE event = 'InventoryLow' AND {WINDOW}",
+            start=start, end=end)
+        return int(row["n"])
+
+    async def users(self, start: datetime, end: datetime) -> dict[str, int]:
+        active = await self._one(
+            "SELECT uniqExactIf(user_id, user_id != '') AS active_users,"
+            " uniqExactIf(user_id, event = 'UserRegistered') AS new_registrations"
+            f" FROM {{db}}.events WHERE {WINDOW}", start=start, end=end)
+        # A customer is new when their first order ever (within retention) is in the window.
+        customers = await self._one(
+            f"SELECT count() AS customers, countIf(first >= {{start:{T}}}) AS new_customers"
+            " FROM (SELECT user_id, min(timestamp) AS first FROM {db}.events"
+            f"  WHERE event = 'OrderCreated' AND timestamp < {{end:{T}}} AND user_id IN ("
+            f"   SELECT user_id FROM {{db}}.events WHERE event = 'OrderCreated' AND {WINDOW})"
+            "  GROUP BY user_id)", start=start, end=end)
+        figures = {k: int(v) for k, v in (active | customers).items()}
+        figures["returning_customers"] = figures["customers"] - figures["new_customers"]
+        return figures

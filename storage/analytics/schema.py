@@ -1,0 +1,99 @@
+"""The analytics tables, created idempotently at start-up (ClickHouse has no migration tool
+here, and every statement is IF NOT EXISTS). `{db}` is the database name from configuration,
+checked to be an identifier; retention is an integer from settings."""
+
+# Raw events: one row per eventId. ReplacingMergeTree folds any duplicate a crash let through
+# (same key: a duplicate has the same event, timestamp and id); insert-time dedup keeps counts
+# exact before any merge.
+EVENTS = """
+CREATE TABLE IF NOT EXISTS {db}.events (
+    event_id String,
+    event LowCardinality(String),
+    subject LowCardinality(String),
+    timestamp DateTime64(3, 'UTC'),
+    order_id String,
+    user_id String,
+    anonymous_id String,
+    product_id String,
+    amount Decimal(18, 2),
+    status LowCardinality(String),
+    quantity Int64,
+    on_hand Nullable(Int64),
+    available Nullable(Int64),
+    threshold Nullable(Int64),
+    items Array(Tuple(product_id String, quantity Int64, price Decimal(18, 2))),
+    stream_seq UInt64,
+    published_at DateTime64(3, 'UTC'),
+    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3),
+    raw String CODEC(ZSTD(3)),
+    INDEX event_id_idx event_id TYPE bloom_filter GRANULARITY 1
+) ENGINE = ReplacingMergeTree
+ORDER BY (event, timestamp, event_id)
+TTL toDateTime(timestamp) + toIntervalDay({retention_days})
+"""
+
+# Order lines exploded per product, filled by a materialized view on every insert of events.
+ORDER_LINES = """
+CREATE TABLE IF NOT EXISTS {db}.order_lines (
+    event_id String,
+    line UInt32,
+    timestamp DateTime64(3, 'UTC'),
+    order_id String,
+    customer_id String,
+    product_id String,
+    quantity Int64,
+    price Decimal(18, 2),
+    revenue Decimal(18, 2)
+) ENGINE = ReplacingMergeTree
+ORDER BY (timestamp, product_id, event_id, line)
+TTL toDateTime(timestamp) + toIntervalDay({retention_days})
+"""
+
+ORDER_LINES_VIEW = """
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.order_lines_mv TO {db}.order_lines AS
+SELECT event_id, line, timestamp, order_id, user_id AS customer_id,
+       item.product_id AS product_id, item.quantity AS quantity, item.price AS price,
+       CAST(item.quantity * item.price AS Decimal(18, 2)) AS revenue
+FROM {db}.events
+ARRAY JOIN items AS item, arrayEnumerate(items) AS line
+WHERE event = 'OrderCreated'
+"""
+
+# Sales per minute, pre-aggregated for the timeseries; hours and days are sums of minutes.
+SALES_BY_MINUTE = """
+CREATE TABLE IF NOT EXISTS {db}.sales_by_minute (
+    minute DateTime('UTC'),
+    orders UInt64,
+    revenue Decimal(38, 2),
+    units Int64
+) ENGINE = SummingMergeTree
+ORDER BY minute
+TTL minute + toIntervalDay({retention_days})
+"""
+
+SALES_BY_MINUTE_VIEW = """
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.sales_by_minute_mv TO {db}.sales_by_minute AS
+SELECT toDateTime(toStartOfMinute(timestamp), 'UTC') AS minute, count() AS orders,
+       sum(amount) AS revenue, sum(quantity) AS units
+FROM {db}.events
+WHERE event = 'OrderCreated'
+GROUP BY minute
+"""
+
+TABLES_WITH_TTL = {"events": "toDateTime(timestamp)", "order_lines": "toDateTime(timestamp)",
+                   "sales_by_minute": "minute"}
+
+
+def statements(db: str, retention_days: int) -> list[str]:
+    if not db.isidentifier():
+        raise ValueError(f"bad ClickHouse database name {db!r}")
+    retention = int(retention_days)
+    ddl = [f"CREATE DATABASE IF NOT EXISTS {db}"]
+    ddl += [s.replace("{db}", db).replace("{retention_days}", str(retention))
+            for s in (EVENTS, ORDER_LINES, ORDER_LINES_VIEW, SALES_BY_MINUTE,
+                      SALES_BY_MINUTE_VIEW)]
+    # A changed retention applies to existing tables too; old parts are trimmed as they merge.
+    ddl += [f"ALTER TABLE {db}.{table} MODIFY TTL {column} + toIntervalDay({retention})"
+            " SETTINGS materialize_ttl_after_modify = 0"
+            for table, column in TABLES_WITH_TTL.items()]
+    return ddl

@@ -1,0 +1,296 @@
+"""Analytics as an administrator sees it: a generated history of thousands of orders (cancels,
+returns, refunds, duplicates, out-of-order arrivals) goes through JetStream into ClickHouse, and
+every query's answer equals a plain Python recomputation, to the cent. The same query tests run
+on chDB always, and on a ClickHouse server when ATLANTIC_CLICKHOUSE_URL is set."""
+
+import os
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import analytics_data as ref
+import pytest
+from conftest import RUN_ID, eventually
+
+from contracts import analytics as contract
+from runtime.client import Reply
+
+ORDERS = 2_500
+
+
+async def publish_all(client, messages) -> None:
+    js = client.nc.jetstream()
+    for subject, body, msg_id in messages:
+        await js.publish_async(subject, body, headers={"Nats-Msg-Id": msg_id})
+    await js.publish_async_completed()
+
+
+async def drained(system) -> None:
+    ingest = system.context.get("analytics_ingest")
+
+    async def nothing_pending():
+        return await ingest.pending() == 0
+
+    await eventually(nothing_pending, seconds=60, interval=0.1)
+
+
+@pytest.fixture(scope="module")
+async def history(system, client) -> ref.History:
+    start = (datetime.now(UTC) - timedelta(days=20)).replace(minute=0, second=0, microsecond=0)
+    history = ref.generate(RUN_ID, start, orders=ORDERS)
+    messages = ref.wire_messages(history, random.Random(7))
+    await publish_all(client, messages)
+    await drained(system)
+    # Later, events already stored arrive again (a producer's retry outside the dedupe window).
+    await publish_all(client, [(s, b, f"late-{i}") for i, (s, b, _) in enumerate(messages[:300])])
+    await drained(system)
+    return history
+
+
+class ServerQueries:
+    """The same handlers over a ClickHouse server: the history inserted through the same rows."""
+
+    def __init__(self, store):
+        self.store = store
+
+    async def call(self, subject: str, payload: dict) -> Reply:
+        from handlers import analytics as h
+
+        request, handler = {
+            contract.SUMMARY: (contract.Summary, h.summary),
+            contract.TIMESERIES: (contract.Timeseries, h.timeseries),
+            contract.TOP_PRODUCTS: (contract.TopProducts, h.top_products),
+            contract.FUNNEL: (contract.Funnel, h.funnel),
+            contract.INVENTORY: (contract.Inventory, h.inventory),
+            contract.USERS: (contract.Users, h.users),
+        }[subject]
+        kwargs = {"ingest": _NoIngest()} if subject == contract.SUMMARY else {}
+        reply = await handler(request.model_validate(payload), None, self.store, **kwargs)
+        return Reply(200, reply.model_dump(mode="json"))
+
+
+class _NoIngest:
+    async def pending(self):
+        return None
+
+
+@pytest.fixture(scope="module", params=["chdb", "server"])
+async def queries(request, history, admin):
+    if request.param == "chdb":
+        yield admin
+        return
+    url = os.environ.get("ATLANTIC_CLICKHOUSE_URL")
+    if not url:
+        pytest.skip("ATLANTIC_CLICKHOUSE_URL is not set")
+    from storage.analytics import AnalyticsStore
+    from storage.analytics.rows import row
+
+    store = AnalyticsStore.for_settings(url, "", 400)
+    await store.start()
+    now = datetime.now(UTC)
+    rows = [row(e.model_dump_json().encode(), subject=e.subject, stream_seq=0, published_at=now)
+            for e in history.events]
+    for i in range(0, len(rows), 5_000):
+        await store.insert_new_events(rows[i:i + 5_000])
+    yield ServerQueries(store)
+    await store.close()
+
+
+async def ask(queries, subject: str, payload: dict) -> dict:
+    reply = await queries.call(subject, payload)
+    assert reply.ok, reply.body
+    return ref.exact(reply.body)
+
+
+async def test_summary_equals_the_recomputation(queries, history):
+    body = await ask(queries, contract.SUMMARY, history.wire())
+
+    expected = ref.summary(history)
+    assert {k: body[k] for k in expected} == expected
+    assert expected["orders"] > 1_000 and expected["refunds"] > 0 and expected["returned"] > 0
+
+
+@pytest.mark.parametrize("metric", ["revenue", "orders", "units", "active_users"])
+@pytest.mark.parametrize("granularity,step", [("hour", 3_600), ("day", 86_400)])
+async def test_timeseries_equals_the_recomputation(queries, history, metric, granularity, step):
+    body = await ask(queries, contract.TIMESERIES,
+                     history.wire() | {"metric": metric, "granularity": granularity})
+
+    got = [(datetime.fromisoformat(p["start"]), p["value"]) for p in body["points"]]
+    expected = [(datetime.fromisoformat(s), v) for s, v in ref.timeseries(history, metric, step)]
+    assert got == expected
+
+
+async def test_minute_timeseries_over_an_odd_window(queries, history):
+    start = history.start + timedelta(hours=5, seconds=17, milliseconds=250)
+    window = ref.History(start, start + timedelta(hours=3), history.events)
+
+    body = await ask(queries, contract.TIMESERIES,
+                     window.wire() | {"metric": "revenue", "granularity": "minute"})
+
+    expected = ref.timeseries(window, "revenue", 60)
+    assert [(datetime.fromisoformat(p["start"]), p["value"]) for p in body["points"]] == [
+        (datetime.fromisoformat(s), v) for s, v in expected]
+
+
+@pytest.mark.parametrize("by", ["revenue", "units"])
+async def test_top_products_equal_the_recomputation(queries, history, by):
+    body = await ask(queries, contract.TOP_PRODUCTS, history.wire() | {"by": by, "limit": 15})
+
+    assert body["products"] == ref.top_products(history, by, 15)
+
+
+async def test_funnels_equal_the_recomputation(queries, history):
+    body = await ask(queries, contract.FUNNEL, history.wire())
+
+    expected = ref.funnel(history)
+    assert body == expected
+    assert expected["orders"][-1]["count"] > 0 and expected["shoppers"][-1]["count"] > 0
+
+
+async def test_inventory_equals_the_recomputation(queries, history):
+    body = await ask(queries, contract.INVENTORY,
+                     history.wire() | {"lowStockThreshold": 40, "limit": 100})
+
+    expected = ref.inventory(history, 40, 100)
+    assert body == expected
+    assert expected["lowStock"] and expected["lowStockAlerts"] > 0
+
+
+async def test_users_equal_the_recomputation(queries, history):
+    body = await ask(queries, contract.USERS, history.wire())
+
+    expected = ref.users(history)
+    assert body == expected
+    assert expected["newCustomers"] > 0 and expected["returningCustomers"] > 0
+
+
+async def test_a_window_holding_nothing_answers_zeros(queries, history):
+    quiet = {"from": "2001-01-01T00:00:00Z", "to": "2001-01-02T00:00:00Z"}
+
+    body = await ask(queries, contract.SUMMARY, quiet)
+
+    assert (body["orders"], body["revenue"], body["averageOrderValue"]) == (0, 0, 0)
+
+
+async def test_summary_reports_the_ingest_lag(admin, history):
+    body = await ask(admin, contract.SUMMARY, {})
+
+    assert body["ingest"]["pending"] >= 0  # others' events may be arriving meanwhile
+    assert body["ingest"]["lastIngestedAt"] is not None
+    assert body["ingest"]["lagSeconds"] is None or body["ingest"]["lagSeconds"] >= 0
+
+
+# --- bad parameters, permissions -------------------------------------------------------------
+
+@pytest.mark.parametrize("subject,payload,fields", [
+    (contract.SUMMARY, {"from": "2024-02-01T00:00:00Z", "to": "2024-01-01T00:00:00Z"}, {"to"}),
+    (contract.SUMMARY, {"from": "2020-01-01T00:00:00Z", "to": "2024-01-01T00:00:00Z"}, {"to"}),
+    (contract.SUMMARY, {"from": "2024-01-01T00:00:00"}, {"from"}),  # no time zone
+    (contract.TIMESERIES, {"metric": "profit"}, {"metric"}),
+    (contract.TIMESERIES, {"metric": "orders", "granularity": "second"}, {"granularity"}),
+    (contract.TIMESERIES, {"metric": "orders", "granularity": "minute",
+                           "from": "2024-01-01T00:00:00Z", "to": "2024-01-05T00:00:00Z"},
+     {"granularity"}),
+    (contract.TOP_PRODUCTS, {"limit": 1_000_000}, {"limit"}),
+    (contract.TOP_PRODUCTS, {"limit": 0}, {"limit"}),
+    (contract.TOP_PRODUCTS, {"by": "revenue DESC; DROP TABLE atlantic.events"}, {"by"}),
+    (contract.TIMESERIES, {"metric": "revenue') OR 1=1 --"}, {"metric"}),
+    (contract.SUMMARY, {"from": "2024-01-01'; DROP TABLE atlantic.events; --"}, {"from"}),
+    (contract.INVENTORY, {"lowStockThreshold": "1 OR 1=1", "limit": 10**12},
+     {"lowStockThreshold", "limit"}),
+    (contract.USERS, {"since": "yesterday"}, {"since"}),
+])
+async def test_bad_query_parameters_get_field_level_422s(admin, subject, payload, fields):
+    reply = await admin.call(subject, payload)
+
+    assert reply.status == 422, reply.body
+    assert reply.error_fields == fields
+
+
+async def test_queries_are_for_administrators(customer, client):
+    for subject in (contract.SUMMARY, contract.TIMESERIES, contract.TOP_PRODUCTS,
+                    contract.FUNNEL, contract.INVENTORY, contract.USERS):
+        assert (await customer.call(subject, {"metric": "orders"})).status == 403
+        assert (await client.call(subject, {"metric": "orders"})).status == 401
+
+
+# --- track ---------------------------------------------------------------------------------
+
+async def test_track_publishes_behaviour_events_for_a_signed_in_shopper(customer, admin, system):
+    me = (await customer.call("atlantic.users.me")).body
+    injection = "'); DROP TABLE atlantic.events; --"
+    events = [{"type": "product_viewed", "productId": "tea-1"},
+              {"type": "added_to_cart", "productId": "tea-1", "quantity": 2},
+              {"type": "search", "query": injection},
+              {"type": "checkout_started", "itemCount": 1, "cartValue": 12.5}]
+
+    reply = await customer.call(contract.TRACK, {"events": events})
+
+    assert reply.status == 200, reply.body
+    assert reply.body["accepted"] == 4
+    store = system.context.get("analytics")
+
+    async def stored():
+        rows = await store._rows(
+            "SELECT event, user_id, raw FROM {db}.events WHERE event_id IN {ids:Array(String)}",
+            ids=reply.body["eventIds"])
+        return rows if len(rows) == 4 else None
+
+    rows = await eventually(stored)
+    assert {r["event"] for r in rows} == {"ProductViewed", "AddedToCart", "Searched",
+                                          "CheckoutStarted"}
+    assert {r["user_id"] for r in rows} == {me["userId"]}
+    assert any(injection in r["raw"] for r in rows)
+
+
+async def test_track_retried_with_client_ids_counts_once(client, system):
+    anon = f"anon-{RUN_ID}-retry"
+    body = {"anonymousId": anon,
+            "events": [{"type": "product_viewed", "productId": "tea-2", "clientEventId": "v1"}]}
+
+    first = await client.call(contract.TRACK, body)
+    second = await client.call(contract.TRACK, body)
+
+    assert first.body["eventIds"] == second.body["eventIds"]
+    store = system.context.get("analytics")
+
+    async def count():
+        rows = await store._rows(
+            "SELECT count() AS n FROM {db}.events WHERE anonymous_id = {a:String}", a=anon)
+        return rows[0]["n"] or None
+
+    assert await eventually(count) == 1
+
+
+@pytest.mark.parametrize("payload,fields", [
+    ({"events": [{"type": "product_viewed", "productId": "x"}]}, None),  # anonymous, no id
+    ({"anonymousId": "a1", "events": []}, {"events"}),
+    ({"anonymousId": "a1", "events": [{"type": "purchase", "productId": "x"}]}, {"events.0"}),
+    ({"anonymousId": "a1", "events": [{"type": "search", "query": "q" * 201}]},
+     {"events.0.search.query"}),
+    ({"anonymousId": "a1", "events": [{"type": "product_viewed", "productId": "x"}] * 101},
+     {"events"}),
+    ({"anonymousId": "a b'", "events": [{"type": "product_viewed", "productId": "x"}]},
+     {"anonymousId"}),
+    ({"anonymousId": "a1", "userId": "someone-else",
+      "events": [{"type": "product_viewed", "productId": "x"}]}, {"userId"}),
+])
+async def test_track_refuses_bad_batches(client, payload, fields):
+    reply = await client.call(contract.TRACK, payload)
+
+    assert 400 <= reply.status < 500, reply.body
+    if fields is not None:
+        assert reply.status == 422
+        assert reply.error_fields == fields
+
+
+async def test_track_with_a_bad_token_is_refused(client):
+    reply = await client.signed_in("not-a-token").call(
+        contract.TRACK, {"events": [{"type": "product_viewed", "productId": "x"}]})
+
+    assert reply.status == 401
+
+
+def test_decimal_helpers_round_half_even():
+    assert ref.ratio(1, 8) == Decimal("0.1250") and ref.ratio(1, 3, ref.CENT) == Decimal("0.33")
