@@ -109,7 +109,7 @@ class Order(Wire):
     status: OrderStatus
     items: list[OrderItem]
     total_price: Money
-    paid_amount: Money  # charged and not refunded... see refundedAmount
+    paid_amount: Money  # what the payment provider charged for it
     refunded_amount: Money
     shipment: Shipment | None = None
     cancellation_reason: str | None = None
