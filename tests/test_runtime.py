@@ -214,3 +214,13 @@ async def test_up_starts_nats_and_serves_register_login_and_me(settings, tmp_pat
     assert exit_code == 0
     code, _, err = await run_cli("call", "atlantic.users.me", env=env)
     assert code == 3, err  # the NATS server up started is gone with it
+
+
+def test_the_readme_lists_every_setting():
+    from runtime.settings import Settings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+
+    missing = [f"ATLANTIC_{name.upper()}" for name in Settings.model_fields
+               if f"`ATLANTIC_{name.upper()}`" not in readme]
+    assert not missing, f"add these settings to the README's table: {missing}"
