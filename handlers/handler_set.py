@@ -1,7 +1,10 @@
 """A handler set: its request-reply endpoints and event consumers, declared once at import time,
 and a factory that builds a fresh FastStream router from them for each app."""
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +20,9 @@ Handler = Callable[..., Any]
 # Something a set runs beside its handlers (a cache client, a sweeper): entered once the shared
 # clients are in the context, before any message arrives; exited after the last one.
 Lifespan = Callable[[ContextRepo], AbstractAsyncContextManager[None]]
+Chore = Callable[[ContextRepo], Awaitable[object]]
+
+log = logging.getLogger("atlantic.chores")
 
 # Redelivery of a failing event: a few quick retries, then slower ones, then the dead-letter table.
 EVENT_MAX_DELIVER = 6
@@ -79,6 +85,39 @@ class HandlerSet:
         """Declares a resource or background task that lives as long as the app serves."""
         self.lifespans.append(lifespan)
         return lifespan
+
+    def periodic(self, seconds_setting: str) -> Callable[[Chore], Chore]:
+        """Declares a chore run every `settings.<seconds_setting>` seconds while the app serves,
+        in every replica (chores take their rows with SKIP LOCKED, so replicas share the work).
+        A failing round is logged and the next one tries again."""
+
+        def register(chore: Chore) -> Chore:
+            name = f"{self.name}-{chore.__name__}"
+
+            async def forever(context: ContextRepo) -> None:
+                while True:
+                    try:
+                        await chore(context)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # PostgreSQL away and the like: the next round retries
+                        log.warning("%s failed; will retry", name, exc_info=True)
+                    await asyncio.sleep(getattr(context.get("settings"), seconds_setting))
+
+            @contextlib.asynccontextmanager
+            async def running(context: ContextRepo) -> AsyncIterator[None]:
+                task = asyncio.create_task(forever(context), name=name)
+                try:
+                    yield
+                finally:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+            self.lifespans.append(running)
+            return chore
+
+        return register
 
     def router(self, *, workers: int) -> NatsRouter:
         router = NatsRouter()

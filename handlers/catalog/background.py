@@ -1,6 +1,5 @@
 """What the catalog runs beside its handlers: the product cache client and the hold sweeper."""
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -36,19 +35,7 @@ async def product_cache(context: ContextRepo) -> AsyncIterator[None]:
         await cache.close()
 
 
-@catalog.lifespan
-@contextlib.asynccontextmanager
-async def hold_sweeper(context: ContextRepo) -> AsyncIterator[None]:
-    """Releases expired holds every few seconds, in every catalog replica (they share the work)."""
-    task = asyncio.create_task(_sweep_forever(context), name="catalog-hold-sweeper")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
+@catalog.periodic("hold_sweep_seconds")
 async def sweep_once(context: ContextRepo) -> int:
     """Releases one batch of expired holds; returns how many products it touched."""
     cache = context.get("product_cache")
@@ -57,14 +44,3 @@ async def sweep_once(context: ContextRepo) -> int:
     await cache.invalidate(*touched)  # also retries any invalidation Redis missed
     return len(touched)
 
-
-async def _sweep_forever(context: ContextRepo) -> None:
-    every = context.get("settings").hold_sweep_seconds
-    while True:
-        try:
-            await sweep_once(context)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # PostgreSQL away: the holds wait for the next sweep
-            log.warning("hold sweep failed; will retry", exc_info=True)
-        await asyncio.sleep(every)
