@@ -26,7 +26,9 @@ log = logging.getLogger("atlantic.chores")
 
 # Redelivery of a failing event: a few quick retries, then slower ones, then the dead-letter table.
 EVENT_MAX_DELIVER = 6
-EVENT_BACKOFF_SECONDS = (0.2, 1.0, 2.0, 5.0, 10.0)
+# The first retry is quick: most failures are an event handled beside the one it follows (a
+# fetched batch runs concurrently), and that one is done within milliseconds.
+EVENT_BACKOFF_SECONDS = (0.05, 0.25, 1.0, 3.0, 10.0)
 
 
 @dataclass(frozen=True)
