@@ -37,3 +37,8 @@ lint: setup
 # Write docs/asyncapi.json and docs/asyncapi.yaml from the code.
 docs: setup
     {{bin}}/atlantic docs
+
+# Measure every workload beside its ceiling; append the table to BENCHMARKS.md (`just bench --quick`).
+bench *args: setup
+    {{bin}}/atlantic services
+    {{bin}}/atlantic bench {{args}}

@@ -4,12 +4,29 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import asyncpg
-from faststream import Context, Depends
-from faststream.nats.annotations import NatsMessage
+from faststream import Depends
+
+# The class behind faststream.Context() (a factory function), to subclass it.
+from faststream._internal.context import Context as _FastStreamContext
+from faststream.nats.broker import NatsBroker as _Broker
+from faststream.nats.message import NatsMessage as _Message
 
 from contracts.errors import Forbidden, Unauthorized
 from storage.ratelimits import LoginLimiter
 from storage.sessions import SessionInfo, Sessions
+
+
+class Context(_FastStreamContext):
+    """FastStream's Context, resolved on the event loop. fast_depends runs a sync `use` in
+    anyio's thread pool, so every context parameter cost each message a thread hop; the lookup
+    itself is a dict read (profiled: a third of a cache-hit products.get)."""
+
+    async def use(self, /, **kwargs: object) -> dict[str, object]:
+        return super().use(**kwargs)
+
+
+NatsMessage = Annotated[_Message, Context("message")]
+NatsBroker = Annotated[_Broker, Context("broker")]
 
 
 async def _connection(

@@ -191,6 +191,84 @@ def dead_letters(consumer: Annotated[str | None, typer.Option(help="one consumer
     Console().print(table)
 
 
+@cli.command()
+def loadgen(
+    rate: Annotated[float | None, typer.Option(
+        min=0.01, help="shopper visits started per second (open loop)")] = None,
+    concurrency: Annotated[int, typer.Option(
+        min=1, help="shoppers visiting back to back, when --rate is not given")] = 16,
+    duration: Annotated[float | None, typer.Option(
+        min=0.1, help="seconds to place orders for (default 60 unless --orders)")] = None,
+    orders: Annotated[int | None, typer.Option(min=1, help="stop after this many orders")] = None,
+    seed: Annotated[int, typer.Option(help="random seed: the same seed, the same shoppers")] = 1,
+    nats_url: Annotated[str | None, typer.Option(help="default: ATLANTIC_NATS_URL")] = None,
+    settle: Annotated[float, typer.Option(
+        min=1, help="seconds the audit waits for orders to finish and analytics to agree")] = 60,
+) -> None:
+    """Simulated shoppers and an operator against a running Atlantic, then an audit (exit 1 when
+    an order is lost, doubled or stuck, or analytics disagrees with PostgreSQL)."""
+    from rich.console import Console
+
+    from runtime.loadgen import LoadConfig, run_loadgen, summary_table
+
+    settings = Settings()
+    config = LoadConfig(
+        nats_url=nats_url or settings.nats_url, admin_email=settings.admin_email,
+        admin_password=settings.admin_password, rate=rate, concurrency=concurrency,
+        duration=duration if duration or orders else 60.0, orders=orders, seed=seed,
+        settle_seconds=settle)
+    console = Console()
+    try:
+        report = asyncio.run(run_loadgen(config, console))
+    except (OSError, TimeoutError, nats.errors.Error, RuntimeError) as exc:
+        raise _fail(f"loadgen could not run: {exc}", 3) from None
+    console.print(summary_table(report))
+    for problem in report.problems[:50]:
+        console.print(f"[red]  {problem}[/]")
+    raise typer.Exit(0 if report.passed else 1)
+
+
+@cli.command()
+def bench(
+    quick: Annotated[bool, typer.Option(
+        help="smaller runs (dashboard over 100k and 1M events): a few minutes")] = False,
+    only: Annotated[str, typer.Option(
+        help="comma-separated: requests, saga, ingest, queries")] = "requests,saga,ingest,queries",
+    output: Annotated[Path, typer.Option(help="where the dated rows are appended")] = Path(
+        "BENCHMARKS.md"),
+) -> None:
+    """Run every workload beside its ceiling, print a table, append it to BENCHMARKS.md."""
+    import time
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from runtime.bench.runner import markdown, run
+    from runtime.services import ensure_postgres, ensure_redis
+
+    settings = Settings()
+    problems = [p for p in (ensure_postgres(settings.postgres_dsn),
+                            ensure_redis(settings.redis_url)) if p]
+    if problems:
+        raise _fail("\n".join(problems))
+    began = time.monotonic()
+    rows, rss = asyncio.run(run(settings, quick, {w.strip() for w in only.split(",")}))
+    table = Table("workload", "measured", "ceiling (same run)", "target", "verdict",
+                  title="atlantic bench")
+    for r in rows:
+        table.add_row(r.workload, r.measured, r.ceiling, r.target, r.verdict)
+    for name, mb in rss.items():
+        table.add_row(f"peak RSS: {name}", f"{mb:.0f} MiB")
+    Console().print(table)
+    command = "atlantic bench" + (" --quick" if quick else "") + (
+        f" --only {only}" if only != "requests,saga,ingest,queries" else "")
+    if not output.exists():
+        output.write_text("# Benchmarks\n\nAppended by `just bench` (`atlantic bench`).\n\n")
+    with output.open("a") as f:
+        f.write("\n" + markdown(rows, rss, command, time.monotonic() - began))
+    typer.echo(f"appended to {output}")
+
+
 USAGE = """
 Atlantic is running ({sets}) on {nats}.
 From another shell:

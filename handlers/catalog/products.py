@@ -18,7 +18,7 @@ from contracts.catalog import (
 from contracts.errors import NotFound
 from contracts.events import ProductCreated, ProductUpdated
 from handlers.catalog.service import SCHEMA, Cache, catalog
-from handlers.deps import Admin, Db
+from handlers.deps import Admin, Db, Pool
 from storage import catalog as catalog_db
 from storage import outbox
 
@@ -53,11 +53,13 @@ async def update_product(req: UpdateProduct, admin: Admin, db: Db, cache: Cache)
 
 
 @catalog.request(PRODUCTS_GET)
-async def get_product(req: GetProduct, db: Db, cache: Cache) -> Product:
+async def get_product(req: GetProduct, pool: Pool, cache: Cache) -> Product:
     """One product with its available stock, served from Redis when it can be."""
     if (hit := await cache.product(req.product_id)) is not None:
         return hit
-    product = await catalog_db.product(db, req.product_id)
+    # A connection only on a miss: a hit then costs no pool wait and no reset round trip.
+    async with pool.acquire() as db:
+        product = await catalog_db.product(db, req.product_id)
     if product is None:
         raise NotFound("product", req.product_id)
     await cache.put(product)

@@ -2,8 +2,7 @@
 
 from typing import Annotated
 
-from faststream import Context
-
+from handlers.deps import Context
 from handlers.handler_set import HandlerSet
 from storage.cache import ProductCache
 

@@ -5,9 +5,6 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from faststream import Context
-from faststream.nats.annotations import NatsBroker, NatsMessage
-
 from contracts.base import new_id
 from contracts.catalog import Quote
 from contracts.errors import BadRequest, Conflict, NotFound, Unprocessable
@@ -41,7 +38,7 @@ from contracts.orders import (
     ShipmentReply,
     ShipOrder,
 )
-from handlers.deps import Admin, CurrentUser, Db, Pool
+from handlers.deps import Admin, Context, CurrentUser, Db, NatsBroker, NatsMessage, Pool
 from handlers.orders.lifecycle import CANCELLABLE
 from handlers.orders.service import SCHEMA, QuoteTimeout, orders, request_quote, visible_to
 from storage import orders as store

@@ -3,13 +3,12 @@
 import json
 from typing import Annotated
 
-from faststream import Context
-from faststream.nats.annotations import NatsBroker
 from nats.errors import Error as NatsError
 
 from contracts.catalog import QUOTE, Quote
 from contracts.errors import NotFound, Unavailable
 from contracts.orders import OrderLine
+from handlers.deps import Context, NatsBroker
 from handlers.handler_set import HandlerSet
 from storage.sessions import SessionInfo
 

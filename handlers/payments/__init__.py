@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Annotated
 
-from faststream import Context
 from faststream.context import ContextRepo
 
 from contracts.errors import NotFound
@@ -19,7 +18,7 @@ from contracts.events import (
 )
 from contracts.orders import ORDER_EVENTS, OrderLifecycleEvent
 from contracts.payments import GET, GetPayment, Payment
-from handlers.deps import Admin, Db
+from handlers.deps import Admin, Context, Db
 from handlers.handler_set import HandlerSet
 from handlers.payments.provider import PaymentProvider, SandboxProvider
 from storage import inbox, outbox

@@ -1,0 +1,1 @@
+"""`atlantic bench`: each workload beside its own ceiling, in the same run (see runner.py)."""

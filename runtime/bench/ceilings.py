@@ -1,0 +1,84 @@
+"""The ceilings Atlantic's numbers are read against, each run as its own process like the
+handler sets are:
+
+    python -m runtime.bench.ceilings responder NATS_URL REDIS_URL PREFIX SUBJECT
+        a raw nats-py responder doing what catalog.products.get does on a cache hit: validate
+        the request, read Redis, validate the product, reply with its JSON.
+    python -m runtime.bench.ceilings ingest NATS_URL DATA_DIR COUNT
+        a raw fetch-and-insert loop: JetStream batches straight into a ClickHouse (chDB) table
+        of the same schema, acked after the insert; prints the events/s it sustained.
+"""
+
+import asyncio
+import json
+import sys
+import time
+
+import nats
+from nats.errors import TimeoutError as NatsTimeout
+from redis.asyncio import Redis
+
+from contracts.catalog import GetProduct
+from contracts.events import ALL_EVENTS, STREAM
+from storage.cache import ProductCache
+
+
+async def responder(nats_url: str, redis_url: str, prefix: str, subject: str) -> None:
+    nc = await nats.connect(nats_url)
+    cache = ProductCache(Redis.from_url(redis_url), prefix, ttl_seconds=3600)
+    tasks: set[asyncio.Task] = set()
+
+    async def answer(msg) -> None:
+        req = GetProduct.model_validate_json(msg.data)
+        product = await cache.product(req.product_id)
+        await msg.respond(product.model_dump_json().encode())
+
+    async def handle(msg) -> None:  # a task per request, or one Redis wait serialises them all
+        task = asyncio.create_task(answer(msg))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    await nc.subscribe(subject, queue="raw", cb=handle)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+async def ingest(nats_url: str, data_dir: str, count: int) -> None:
+    from storage.analytics import AnalyticsStore
+
+    store = AnalyticsStore.for_settings(None, data_dir, 400)
+    await store.start()
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(ALL_EVENTS, durable="bench-raw-ingest", stream=STREAM)
+    done, began = 0, None
+    while done < count:
+        try:
+            batch = await sub.fetch(1_000, timeout=1)
+        except (NatsTimeout, TimeoutError):
+            continue
+        began = began or time.perf_counter()
+        rows = []
+        for msg in batch:  # the envelope only: no contract validation, no dedupe query
+            e = json.loads(msg.data)
+            rows.append({"event_id": e["eventId"], "event": e["event"], "subject": msg.subject,
+                         "timestamp": e["timestamp"].replace("T", " ").rstrip("Z")[:23],
+                         "order_id": e.get("orderId", ""), "user_id": e.get("customerId", ""),
+                         "amount": e.get("totalPrice", 0), "raw": msg.data.decode(),
+                         "published_at": e["timestamp"].replace("T", " ").rstrip("Z")[:23]})
+        body = "\n".join(json.dumps(r) for r in rows).encode()
+        await store._run(store.backend.insert, f"{store.db}.events", body)
+        await asyncio.gather(*(m.ack() for m in batch))
+        done += len(batch)
+    elapsed = time.perf_counter() - began
+    print(json.dumps({"events": done, "seconds": elapsed}), flush=True)
+    await nc.close()
+    await store.close()
+
+
+if __name__ == "__main__":
+    kind, *args = sys.argv[1:]
+    if kind == "responder":
+        asyncio.run(responder(*args))
+    else:
+        asyncio.run(ingest(args[0], args[1], int(args[2])))

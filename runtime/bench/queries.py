@@ -1,0 +1,110 @@
+"""Analytics storage measured directly in chDB, as its own process (chDB locks its directory):
+
+    python -m runtime.bench.queries dashboard DATA_DIR EVENTS REPEATS
+        loads EVENTS synthetic events in bulk (INSERT ... SELECT FROM numbers(), straight into
+        the events table, so the materialized views fill too) and times every dashboard query
+        through AnalyticsStore, over the default 24-hour window and over all 30 days.
+    python -m runtime.bench.queries lag DATA_DIR SINCE_ISO
+        publication-to-insert lag of the events published since SINCE (JetStream's timestamp
+        against the row's ingested_at), p50 and p99 in seconds.
+"""
+
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+from storage.analytics import AnalyticsStore
+
+DAYS = 30
+# One event per row number, 20 kinds in turn: an order is created at n (n % 20 in {0, 1}) and
+# validated, paid, reserved at n + 2, n + 4, n + 6; some ship and deliver, some cancel.
+LOAD = """
+INSERT INTO {db}.events (event_id, event, subject, timestamp, order_id, user_id, anonymous_id,
+    product_id, amount, status, quantity, on_hand, available, items, stream_seq, published_at, raw)
+SELECT
+    'e' || toString(number) AS event_id,
+    multiIf(k < 2, 'OrderCreated', k < 4, 'OrderValidated', k < 6, 'PaymentProcessed',
+            k < 8, 'InventoryReserved', k = 8, 'OrderShipped', k = 9, 'OrderDelivered',
+            k = 10, 'OrderCancelled', k < 17, 'ProductViewed', k = 17, 'AddedToCart',
+            k = 18, 'CheckoutStarted', 'InventoryAdjusted') AS event,
+    'atlantic.events.bench' AS subject,
+    now64(3) - toIntervalMillisecond(intDiv(({n} - number) * {span_ms}, {n})) AS timestamp,
+    if(k <= 10, 'o' || toString(number - multiIf(k < 2, 0, k < 4, 2, k < 6, 4, k < 8, 6,
+                                                 k < 10, 8, 9)), '') AS order_id,
+    if(k < 2 OR (k >= 11 AND k % 2 = 1), 'u' || toString(number * 7 % 100000), '') AS user_id,
+    if(k >= 11 AND k % 2 = 0, 'a' || toString(number * 13 % 200000), '') AS anonymous_id,
+    if(k >= 11, 'p' || toString(number % 2000), '') AS product_id,
+    toDecimal64(if(k < 2 OR k = 4 OR k = 5, 10 + number % 90, 0), 2) AS amount,
+    multiIf(k < 4 AND k >= 2, 'valid', k < 6 AND k >= 4, 'SUCCESS', '') AS status,
+    if(k < 8 OR k = 17 OR k = 19, 1 + number % 3, 0) AS quantity,
+    if(k = 19, toNullable(toInt64(100 + number % 400)), NULL) AS on_hand,
+    if(k = 19, toNullable(toInt64(number % 400)), NULL) AS available,
+    CAST(if(k < 2 OR (k >= 6 AND k < 8), [tuple('p' || toString(number % 2000), 1 + number % 3,
+         toDecimal64(10 + number % 90, 2))], []),
+         'Array(Tuple(product_id String, quantity Int64, price Decimal(18, 2)))') AS items,
+    number AS stream_seq, timestamp AS published_at, '{{}}' AS raw
+FROM (SELECT number, number % 20 AS k FROM numbers({n}))
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def dashboard(data_dir: str, events: int, repeats: int) -> dict:
+    store = AnalyticsStore.for_settings(None, data_dir, 400)
+    await store.start()
+    began = time.perf_counter()
+    sql = LOAD.format(db=store.db, n=events, span_ms=DAYS * 86_400_000)
+    await store._run(store.backend.query, sql, {})
+    await store._run(store.backend.query, f"OPTIMIZE TABLE {store.db}.events FINAL", {})
+    loaded = time.perf_counter() - began
+    end = datetime.now(UTC) + timedelta(minutes=1)
+    queries = {
+        "summary": lambda s, e: store.summary(s, e),
+        "timeseries (hourly revenue)": lambda s, e: store.sales_series(s, e, 3600, "revenue"),
+        "timeseries (active users)": lambda s, e: store.active_users_series(s, e, 3600),
+        "top_products": lambda s, e: store.top_products(s, e, "revenue", 10),
+        "funnel (orders)": lambda s, e: store.order_funnel(s, e),
+        "funnel (shoppers)": lambda s, e: store.shopper_funnel(s, e),
+        "inventory (stock)": lambda s, e: store.stock(s, e, 50),
+        "inventory (low stock)": lambda s, e: store.low_stock(s, e, 10, 50),
+        "users": lambda s, e: store.users(s, e),
+    }
+    results = {}
+    for window, days in (("24 h", 1), ("30 days", DAYS)):
+        start = end - timedelta(days=days, minutes=1)
+        for name, query in queries.items():
+            await query(start, end)  # warm: the first read of a part loads its marks
+            took = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                await query(start, end)
+                took.append(time.perf_counter() - t)
+            results[f"{name}, {window}"] = (percentile(took, .5), percentile(took, .99))
+    await store.close()
+    return {"events": events, "load_seconds": loaded, "queries": results}
+
+
+async def lag(data_dir: str, since: str) -> dict:
+    store = AnalyticsStore.for_settings(None, data_dir, 400)
+    row = await store._one(
+        "SELECT count() AS n,"
+        " quantile(0.5)(dateDiff('millisecond', published_at, ingested_at)) AS p50,"
+        " quantile(0.99)(dateDiff('millisecond', published_at, ingested_at)) AS p99"
+        " FROM {db}.events WHERE published_at >= {since:DateTime64(3, 'UTC')}",
+        since=datetime.fromisoformat(since))
+    await store.close()
+    return {"events": int(row["n"]), "p50": float(row["p50"]) / 1e3,
+            "p99": float(row["p99"]) / 1e3}
+
+
+if __name__ == "__main__":
+    kind, data_dir, *rest = sys.argv[1:]
+    if kind == "dashboard":
+        print(json.dumps(asyncio.run(dashboard(data_dir, int(rest[0]), int(rest[1])))))
+    else:
+        print(json.dumps(asyncio.run(lag(data_dir, rest[0]))))

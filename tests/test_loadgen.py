@@ -1,0 +1,26 @@
+"""The load generator against a world of its own (every set in one `atlantic serve` process,
+chDB in a directory of its own): its audit passes, so every order it placed ended where its plan
+said and analytics agrees with PostgreSQL."""
+
+from conftest import RUN_ID, TEST_PASSWORD, unique_email
+
+from runtime.bench.world import open_world
+from runtime.loadgen import LoadConfig, run_loadgen
+
+ALL_SETS = ["users", "catalog", "orders", "payments", "analytics"]
+
+
+async def test_loadgen_audit_passes_against_a_running_system(settings):
+    base = settings.model_copy(update={"admin_email": unique_email("loadgen-admin"),
+                                       "admin_password": TEST_PASSWORD})
+    async with open_world(base, f"loadgen_{RUN_ID}") as world:
+        await world.serve(ALL_SETS)
+        config = LoadConfig(nats_url=world.settings.nats_url, admin_email=base.admin_email,
+                            admin_password=TEST_PASSWORD, concurrency=8, orders=30,
+                            duration=20, shoppers=6, products=6, seed=7, settle_seconds=30)
+
+        report = await run_loadgen(config)
+
+    assert report.passed, report.problems
+    assert len(report.orders) == 30
+    assert {o.status for o in report.orders.values()} <= {"DELIVERED", "CANCELLED", "RETURNED"}
