@@ -59,8 +59,10 @@ class DeadLetters(BaseMiddleware):
             policy = policies.get(meta.consumer, RetryPolicy(1, ()))
             if not (isinstance(exc, PERMANENT) or meta.num_delivered >= policy.max_deliver):
                 delay = policy.delay(meta.num_delivered)
-                log.warning("%s failed on delivery %d of %s, retrying in %.1f s: %r",
-                            meta.consumer, meta.num_delivered, raw.subject, delay, exc)
+                # An event that merely overtook the one it follows is routine, not a warning.
+                level = logging.INFO if getattr(exc, "routine", False) else logging.WARNING
+                log.log(level, "%s failed on delivery %d of %s, retrying in %.2f s: %r",
+                        meta.consumer, meta.num_delivered, raw.subject, delay, exc)
                 await msg.nack(delay=delay)
                 return None
             reason = f"{type(exc).__name__}: {exc}"[:2000]

@@ -124,6 +124,24 @@ async def stop_set(world: World, name: str, sig: int = signal.SIGTERM) -> None:
         await asyncio.wait_for(process.wait(), 30)
 
 
+async def stop_all(world: World) -> list[str]:
+    """SIGTERM to every set at once, then waits; one that hangs is killed, so no process
+    outlives the test, and named, so the test fails."""
+    for process in world.processes.values():
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+    stuck = []
+    for name, process in world.processes.items():
+        try:
+            await asyncio.wait_for(process.wait(), 30)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            stuck.append(name)
+    world.processes.clear()
+    return stuck
+
+
 @contextlib.asynccontextmanager
 async def open_world(settings: Settings, store: Path, shape: str, tag: str
                      ) -> AsyncIterator[World]:
@@ -154,11 +172,11 @@ async def open_world(settings: Settings, store: Path, shape: str, tag: str
         world.admin = client.signed_in(login.body["token"])
         yield world
     finally:
-        for name in list(world.processes):
-            await stop_set(world, name)
+        stuck = await stop_all(world)
         await in_process.aclose()
         await client.close()
         await db.close()
         nats.stop()
         if not os.environ.get("ATLANTIC_KEEP_TEST_DB"):
             await drop_database(dsn)
+    assert not stuck, f"did not stop within 30 s of SIGTERM (killed): {stuck}"

@@ -28,6 +28,8 @@ RESERVATION_FAILED_CONSUMER = "orders-reservation-failed"
 class EventTooEarly(Exception):
     """A step before this event has not been applied yet; JetStream redelivers it later."""
 
+    routine = True  # events of one order overtake each other; logged at INFO
+
 
 async def _move(db: Db, consumer: str, event: Event, order_id: str, target: OrderStatus,
                 note: str | None = None, *, after: OrderStatus | None = None,

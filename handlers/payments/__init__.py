@@ -35,6 +35,8 @@ payments = HandlerSet("payments", "Charges and refunds, one charge per order",
 class OrderNotYetKnown(Exception):
     """OrderValidated came before this set saw OrderCreated; JetStream redelivers it later."""
 
+    routine = True  # events of one order overtake each other; logged at INFO
+
 
 @payments.lifespan
 @contextlib.asynccontextmanager
