@@ -6,8 +6,18 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 
+class _PooledConnection(asyncpg.Connection):
+    """Pooled connections carry no session state (no LISTEN, advisory lock, SET or open cursor:
+    the relay listens on a connection of its own), so the reset query asyncpg sends on every
+    release is a round trip for nothing. Open transactions are still rolled back."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def open_pool(dsn: str, size: int) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=1, max_size=size)
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=size,
+                                     connection_class=_PooledConnection)
 
 
 def _split_database(dsn: str) -> tuple[str, str]:
