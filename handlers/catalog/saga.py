@@ -6,6 +6,7 @@ to the order's current hold (a late duplicate, a ship before payment) is recorde
 """
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from contracts.events import (
     ORDER_CANCELLED,
@@ -65,6 +66,20 @@ async def hold_stock(event: OrderCreated, db: Db, cache: Cache, hold_seconds: Ho
     await cache.invalidate(*verdict.change.product_ids)
 
 
+async def _move_stock_once(db: Db, cache: Cache, consumer: str, event: Event, order_id: str,
+                           move: Callable[[Db, str], Awaitable[Transition]],
+                           emits: Callable[[Transition], list[Event]] = lambda _: []) -> None:
+    """One stock movement per event: the inbox mark, the move and the events it causes commit
+    together; the products it touched leave the cache after the commit."""
+    async with db.transaction():
+        if not await inbox.first_time(db, SCHEMA, consumer, event.event_id):
+            return  # a redelivery: its effects are already in
+        transition = await move(db, order_id)
+        await _emit(db, emits(transition))
+    _note_ignored(consumer, order_id, transition)
+    await cache.invalidate(*transition.change.product_ids)
+
+
 @catalog.event(PAYMENT_PROCESSED, durable=SETTLE)
 async def settle_payment(event: PaymentProcessed, db: Db, cache: Cache) -> None:
     """SUCCESS turns the hold into a reservation (InventoryReserved, or reservation_failed when
@@ -72,46 +87,25 @@ async def settle_payment(event: PaymentProcessed, db: Db, cache: Cache) -> None:
     cancel or return that caused it does."""
     if event.payment_status == "REFUNDED":
         return
-    async with db.transaction():
-        if not await inbox.first_time(db, SCHEMA, SETTLE, event.event_id):
-            return
-        if event.payment_status == "SUCCESS":
-            transition = await catalog_db.reserve(db, event.order_id)
-        else:
-            transition = await catalog_db.release_after_failed_payment(db, event.order_id)
-        await _emit(db, reservation_events(event.order_id, transition))
-    _note_ignored(SETTLE, event.order_id, transition)
-    await cache.invalidate(*transition.change.product_ids)
+    move = catalog_db.reserve if event.payment_status == "SUCCESS" \
+        else catalog_db.release_after_failed_payment
+    await _move_stock_once(db, cache, SETTLE, event, event.order_id, move,
+                           lambda transition: reservation_events(event.order_id, transition))
 
 
 @catalog.event(ORDER_CANCELLED, durable=CANCEL)
 async def release_cancelled(event: OrderCancelled, db: Db, cache: Cache) -> None:
     """Gives a cancelled order's held or reserved stock back."""
-    async with db.transaction():
-        if not await inbox.first_time(db, SCHEMA, CANCEL, event.event_id):
-            return
-        transition = await catalog_db.cancel(db, event.order_id)
-    _note_ignored(CANCEL, event.order_id, transition)
-    await cache.invalidate(*transition.change.product_ids)
+    await _move_stock_once(db, cache, CANCEL, event, event.order_id, catalog_db.cancel)
 
 
 @catalog.event(ORDER_SHIPPED, durable=SHIP)
 async def ship_stock(event: OrderShipped, db: Db, cache: Cache) -> None:
     """The reserved stock leaves the warehouse, and on-hand stock with it."""
-    async with db.transaction():
-        if not await inbox.first_time(db, SCHEMA, SHIP, event.event_id):
-            return
-        transition = await catalog_db.ship(db, event.order_id)
-    _note_ignored(SHIP, event.order_id, transition)
-    await cache.invalidate(*transition.change.product_ids)
+    await _move_stock_once(db, cache, SHIP, event, event.order_id, catalog_db.ship)
 
 
 @catalog.event(ORDER_RETURNED, durable=RETURN)
 async def restock_returned(event: OrderReturned, db: Db, cache: Cache) -> None:
     """Returned items go back into on-hand stock."""
-    async with db.transaction():
-        if not await inbox.first_time(db, SCHEMA, RETURN, event.event_id):
-            return
-        transition = await catalog_db.restock(db, event.order_id)
-    _note_ignored(RETURN, event.order_id, transition)
-    await cache.invalidate(*transition.change.product_ids)
+    await _move_stock_once(db, cache, RETURN, event, event.order_id, catalog_db.restock)
