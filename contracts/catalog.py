@@ -4,7 +4,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from contracts.base import Id, Money, Request, Wire
 from contracts.events import MAX_ORDER_LINES, Quantity
@@ -109,20 +109,25 @@ class AdjustInventory(Request):
         return delta
 
 
-class QuoteLine(Request):
+class ItemLine(Request):
+    """A product and how many of it: a line of a quote, and of an order."""
+
     product_id: Id
     quantity: Quantity
 
 
-class QuoteRequest(Request):
-    items: list[QuoteLine] = Field(min_length=1, max_length=MAX_ORDER_LINES)
+def _one_line_per_product(items: list[ItemLine]) -> list[ItemLine]:
+    if len({i.product_id for i in items}) != len(items):
+        raise ValueError("each product may appear only once; raise its quantity instead")
+    return items
 
-    @field_validator("items")
-    @classmethod
-    def _one_line_per_product(cls, items: list[QuoteLine]) -> list[QuoteLine]:
-        if len({i.product_id for i in items}) != len(items):
-            raise ValueError("each product may appear only once")
-        return items
+
+ItemLines = Annotated[list[ItemLine], Field(min_length=1, max_length=MAX_ORDER_LINES),
+                      AfterValidator(_one_line_per_product)]
+
+
+class QuoteRequest(Request):
+    items: ItemLines
 
 
 class Product(Wire):

@@ -3,11 +3,11 @@
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from contracts.base import Id, Money, Request, Wire
+from contracts.catalog import ItemLines
 from contracts.events import (
-    MAX_ORDER_LINES,
     InventoryReserved,
     OrderCancelled,
     OrderCreated,
@@ -17,7 +17,6 @@ from contracts.events import (
     OrderShipped,
     OrderValidated,
     PaymentProcessed,
-    Quantity,
     Text,
 )
 
@@ -38,20 +37,8 @@ OrderStatus = Literal[
     "CREATED", "VALIDATED", "PAID", "RESERVED", "SHIPPED", "DELIVERED", "CANCELLED", "RETURNED"]
 
 
-class OrderLine(Request):
-    product_id: Id
-    quantity: Quantity
-
-
 class CreateOrder(Request):
-    items: list[OrderLine] = Field(min_length=1, max_length=MAX_ORDER_LINES)
-
-    @field_validator("items")
-    @classmethod
-    def _one_line_per_product(cls, items: list[OrderLine]) -> list[OrderLine]:
-        if len({i.product_id for i in items}) != len(items):
-            raise ValueError("each product may appear only once; raise its quantity instead")
-        return items
+    items: ItemLines
 
 
 class GetOrder(Request):

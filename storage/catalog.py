@@ -19,11 +19,11 @@ import asyncpg
 from contracts.catalog import (
     CreateProduct,
     Inventory,
+    ItemLine,
     ListProducts,
     Product,
     Quote,
     QuotedLine,
-    QuoteLine,
 )
 from contracts.errors import Conflict, Unprocessable
 
@@ -228,7 +228,7 @@ def _fell_below(product_id: str, available: int, taken: int, threshold: int) -> 
     return []
 
 
-async def quote(db: asyncpg.Connection, lines: Sequence[QuoteLine]) -> Quote:
+async def quote(db: asyncpg.Connection, lines: Sequence[ItemLine]) -> Quote:
     """Current prices and availability; each line says what, if anything, is wrong with it."""
     rows = await db.fetch(
         "SELECT id, name, price, active, on_hand - held - reserved AS available"
@@ -242,7 +242,7 @@ async def quote(db: asyncpg.Connection, lines: Sequence[QuoteLine]) -> Quote:
     return Quote(items=quoted, total_price=total, ok=all(q.problem is None for q in quoted))
 
 
-def _quote_line(line: QuoteLine, row: asyncpg.Record | None) -> QuotedLine:
+def _quote_line(line: ItemLine, row: asyncpg.Record | None) -> QuotedLine:
     if row is None:
         return QuotedLine(product_id=line.product_id, quantity=line.quantity, problem="not_found")
     problem = None

@@ -5,9 +5,8 @@ from typing import Annotated
 
 from nats.errors import Error as NatsError
 
-from contracts.catalog import QUOTE, Quote
+from contracts.catalog import QUOTE, ItemLine, Quote
 from contracts.errors import NotFound, Unavailable
-from contracts.orders import OrderLine
 from handlers.deps import Context, NatsBroker
 from handlers.handler_set import HandlerSet
 from storage.sessions import SessionInfo
@@ -22,7 +21,7 @@ orders = HandlerSet(
 QuoteTimeout = Annotated[float, Context("settings.quote_timeout_seconds")]
 
 
-async def request_quote(broker: NatsBroker, lines: list[OrderLine], timeout: float) -> Quote:
+async def request_quote(broker: NatsBroker, lines: list[ItemLine], timeout: float) -> Quote:
     """Current prices and availability from the catalog set (it owns them; DESIGN step 1)."""
     body = json.dumps({"items": [line.model_dump(mode="json") for line in lines]}).encode()
     try:
