@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     admin_email: str = "admin@example.com"
     admin_password: str = "atlantic-admin-dev"
 
+    def environment(self) -> dict[str, str]:
+        """These settings as ATLANTIC_* variables, for a child process that must share them."""
+        return {f"ATLANTIC_{name.upper()}": str(value)
+                for name, value in self.model_dump().items() if value is not None}
+
     @cached_property
     def handler_sets(self) -> list[str]:
         return [name.strip() for name in self.handlers.split(",") if name.strip()]

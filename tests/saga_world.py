@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 from conftest import RUN_ID, TEST_PASSWORD, eventually, sign_up, unique_email
+from test_runtime import cli_env
 
 from runtime.app import build_app
 from runtime.cli import ensure_admin
@@ -86,25 +87,10 @@ class World:
 _numbers = iter(range(10**9))
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    return os.environ | {
-        "ATLANTIC_NATS_URL": settings.nats_url,
-        "ATLANTIC_POSTGRES_DSN": settings.postgres_dsn,
-        "ATLANTIC_REDIS_URL": settings.redis_url,
-        "ATLANTIC_REDIS_PREFIX": settings.redis_prefix,
-        "ATLANTIC_OUTBOX_SWEEP_SECONDS": str(settings.outbox_sweep_seconds),
-        "ATLANTIC_ORDER_SWEEP_SECONDS": str(settings.order_sweep_seconds),
-        "ATLANTIC_HOLD_SWEEP_SECONDS": str(settings.hold_sweep_seconds),
-        "ATLANTIC_SANDBOX_DECLINE_ABOVE": str(settings.sandbox_decline_above),
-        "ATLANTIC_GRACEFUL_TIMEOUT_SECONDS": str(settings.graceful_timeout_seconds),
-        "ATLANTIC_LOG_LEVEL": "WARNING",
-    }
-
-
 async def start_set(world: World, name: str) -> None:
     """Starts `atlantic serve --handlers name` and waits until it answers $SRV.PING."""
     world.processes[name] = await asyncio.create_subprocess_exec(
-        ATLANTIC, "serve", "--handlers", name, env=_env(world.settings))
+        ATLANTIC, "serve", "--handlers", name, env=cli_env(world.settings))
     nc = world.client.nc
 
     async def answers():

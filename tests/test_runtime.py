@@ -23,13 +23,7 @@ ATLANTIC = str(Path(sys.executable).parent / "atlantic")
 
 
 def cli_env(settings, **overrides) -> dict[str, str]:
-    return os.environ | {
-        "ATLANTIC_NATS_URL": settings.nats_url,
-        "ATLANTIC_POSTGRES_DSN": settings.postgres_dsn,
-        "ATLANTIC_REDIS_URL": settings.redis_url,
-        "ATLANTIC_REDIS_PREFIX": settings.redis_prefix,
-        "ATLANTIC_LOG_LEVEL": "WARNING",
-    } | overrides
+    return os.environ | settings.environment() | {"ATLANTIC_LOG_LEVEL": "WARNING"} | overrides
 
 
 async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:

@@ -31,15 +31,8 @@ class World:
     admin_token: str | None = None
 
     def env(self, **overrides: str) -> dict[str, str]:
-        s = self.settings
-        return os.environ | {
-            "ATLANTIC_NATS_URL": s.nats_url, "ATLANTIC_POSTGRES_DSN": s.postgres_dsn,
-            "ATLANTIC_REDIS_URL": s.redis_url, "ATLANTIC_REDIS_PREFIX": s.redis_prefix,
-            "ATLANTIC_DATA_DIR": s.data_dir, "ATLANTIC_LOG_LEVEL": "WARNING",
-            "ATLANTIC_ADMIN_EMAIL": s.admin_email, "ATLANTIC_ADMIN_PASSWORD": s.admin_password,
-            "ATLANTIC_OUTBOX_SWEEP_SECONDS": str(s.outbox_sweep_seconds),
-            "ATLANTIC_POSTGRES_POOL_SIZE": str(s.postgres_pool_size),
-        } | overrides
+        return os.environ | self.settings.environment() | {"ATLANTIC_LOG_LEVEL": "WARNING"} \
+            | overrides
 
     async def serve(self, sets: list[str], **env: str) -> subprocess.Popen:
         """`atlantic serve --handlers a,b` in a child process, once every set answers."""
