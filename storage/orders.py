@@ -10,6 +10,7 @@ import asyncpg
 
 from contracts.events import OrderItem
 from contracts.orders import Order, OrderStatus, OrderSummary, Shipment, StatusChange
+from storage.postgres import assignments
 
 
 @dataclass(frozen=True)
@@ -66,16 +67,16 @@ async def lock(db: asyncpg.Connection, order_id: str) -> OrderRow | None:
     return OrderRow(*row.values()) if row else None
 
 
+_SETTABLE = {"paid_amount", "shipment_id", "carrier", "tracking_number", "cancellation_reason",
+             "return_reason", "delivered_at"}
+
+
 async def set_status(db: asyncpg.Connection, order_id: str, status: OrderStatus,
                      note: str | None = None, **columns: object) -> None:
     """Moves the order to `status`, sets the given columns, and appends to its history."""
-    allowed = {"paid_amount", "shipment_id", "carrier", "tracking_number",
-               "cancellation_reason", "return_reason", "delivered_at"}
-    if unknown := set(columns) - allowed:
-        raise ValueError(f"not an order column: {unknown}")
-    assignments = "".join(f", {name} = ${n}" for n, name in enumerate(columns, start=3))
+    also = assignments(columns, _SETTABLE, first=3)
     await db.execute(
-        f"UPDATE orders.orders SET status = $2, updated_at = now(){assignments} WHERE id = $1",
+        f"UPDATE orders.orders SET status = $2, updated_at = now(){also} WHERE id = $1",
         order_id, status, *columns.values())
     await db.execute(
         "INSERT INTO orders.history (order_id, status, note) VALUES ($1, $2, $3)",

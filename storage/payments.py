@@ -6,6 +6,7 @@ from decimal import Decimal
 import asyncpg
 
 from contracts.payments import Payment, PaymentState
+from storage.postgres import assignments
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,14 @@ async def lock(db: asyncpg.Connection, order_id: str) -> PaymentRow | None:
     return PaymentRow(*row.values()) if row else None
 
 
+_SETTABLE = {"payment_id", "charged_amount", "refunded_amount", "decline_reason"}
+
+
 async def update(db: asyncpg.Connection, order_id: str, state: PaymentState, **columns: object
                  ) -> None:
-    allowed = {"payment_id", "charged_amount", "refunded_amount", "decline_reason"}
-    if unknown := set(columns) - allowed:
-        raise ValueError(f"not a payment column: {unknown}")
-    assignments = "".join(f", {name} = ${n}" for n, name in enumerate(columns, start=3))
+    also = assignments(columns, _SETTABLE, first=3)
     await db.execute(
-        f"UPDATE payments.payments SET state = $2, updated_at = now(){assignments}"
+        f"UPDATE payments.payments SET state = $2, updated_at = now(){also}"
         " WHERE order_id = $1", order_id, state, *columns.values())
 
 

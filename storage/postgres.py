@@ -20,6 +20,14 @@ async def open_pool(dsn: str, size: int) -> asyncpg.Pool:
                                      connection_class=_PooledConnection)
 
 
+def assignments(columns: dict[str, object], allowed: set[str], *, first: int) -> str:
+    """`, a = $first, b = $first+1 ...` for an UPDATE's SET list. Column names cannot be bound
+    parameters, so only names from `allowed` (fixed in code) ever reach the SQL."""
+    if unknown := set(columns) - allowed:
+        raise ValueError(f"not an updatable column: {sorted(unknown)}")
+    return "".join(f", {name} = ${n}" for n, name in enumerate(columns, start=first))
+
+
 def _split_database(dsn: str) -> tuple[str, str]:
     """The database name (checked, since CREATE DATABASE takes no parameters) and a DSN for the
     maintenance database."""
