@@ -13,7 +13,6 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Annotated
 
 import nats
-from faststream import Context
 from faststream.context import ContextRepo
 from nats.js import JetStreamContext
 
@@ -54,7 +53,7 @@ from contracts.analytics import (
 from contracts.errors import BadRequest, Unavailable
 from contracts.events import STREAM
 from handlers.analytics.ingest import Ingest
-from handlers.deps import Admin, OptionalUser
+from handlers.deps import Admin, Context, OptionalUser
 from handlers.handler_set import HandlerSet
 from storage.analytics import AnalyticsStore
 
