@@ -1,11 +1,14 @@
 """A small client for Atlantic's request-reply subjects, used by the CLI and the tests."""
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client
+from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_exponential
 
 
 @dataclass
@@ -52,5 +55,30 @@ class AtlanticClient:
         body = json.loads(msg.data) if msg.data else None
         return Reply(status, body, msg_headers)
 
+    async def call_or_none(self, subject: str, payload: Any = None, **options: Any
+                           ) -> Reply | None:
+        """`call`, with None when no answer came (no responders, a timeout, a reconnect)."""
+        try:
+            return await self.call(subject, payload, **options)
+        except (TimeoutError, OSError, nats.errors.Error):
+            return None
+
     async def close(self) -> None:
         await self.nc.close()
+
+
+def _not_final(reply: Reply | None) -> bool:
+    return reply is None or reply.status >= 500
+
+
+async def until_answered(attempt: Callable[[], Awaitable[Reply | None]], *,
+                         give_up_after: float) -> Reply | None:
+    """Repeats `attempt` (None: no answer) while there is no answer or a 5xx, waiting 0.1 s and
+    doubling to 2 s, until a final reply (a success or a 4xx); None when `give_up_after` seconds
+    pass first. Only for idempotent requests, such as orders.create with an Idempotency-Key."""
+    async def once() -> Reply | None:  # tenacity awaits only what is declared async
+        return await attempt()
+
+    return await AsyncRetrying(
+        stop=stop_after_delay(give_up_after), wait=wait_exponential(multiplier=0.1, max=2),
+        retry=retry_if_result(_not_final), retry_error_callback=lambda _: None)(once)

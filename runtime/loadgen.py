@@ -26,7 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from contracts.base import new_id
-from runtime.client import AtlanticClient, Reply
+from runtime.client import AtlanticClient, Reply, until_answered
 
 PASSWORD = "loadgen-shopper-pass"
 CARRIERS = ("UPS", "DHL", "PostNL")
@@ -237,17 +237,11 @@ class LoadGen:
         """orders.create with one Idempotency-Key, retried on no answer or a 5xx, so a retry
         can neither lose the order nor place it twice."""
         key = {"Idempotency-Key": new_id()}
-        pause, give_up = 0.1, time.monotonic() + 60
-        while time.monotonic() < give_up:
-            reply = await self.call("orders.create", shopper, "atlantic.orders.create",
-                                    {"items": items}, headers=key)
-            if reply is not None and reply.ok:
-                return reply.body
-            if reply is not None and reply.status < 500:
-                return None  # refused for good (counted as an error)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 2.0)
-        return None
+        reply = await until_answered(lambda: self.call(
+            "orders.create", shopper, "atlantic.orders.create", {"items": items}, headers=key),
+            give_up_after=60)
+        # A 4xx is refused for good, and counted as an error like no answer at all.
+        return reply.body if reply is not None and reply.ok else None
 
     async def shoppers_by_concurrency(self) -> None:
         async def shopper() -> None:

@@ -12,7 +12,7 @@ from conftest import eventually
 from saga_world import World, open_world, start_set, stop_set
 
 from contracts.base import new_id
-from runtime.client import AtlanticClient
+from runtime.client import AtlanticClient, until_answered
 
 ORDERS_UNDER_RESTART = 1_000
 
@@ -28,20 +28,12 @@ async def place(customer: AtlanticClient, product_id: str, deadline: float = 120
     """Places one order the way a careful client does: one Idempotency-Key, retried with backoff
     until an answer comes back, so an outage can neither lose the order nor place it twice."""
     key = {"Idempotency-Key": new_id()}
-    loop = asyncio.get_running_loop()
-    give_up, pause = loop.time() + deadline, 0.1
-    while loop.time() < give_up:
-        try:
-            reply = await customer.call("atlantic.orders.create", {
-                "items": [{"productId": product_id, "quantity": 1}]}, headers=key, timeout=5)
-        except Exception:  # no responders, timeouts, a reconnecting connection
-            reply = None
-        if reply is not None and reply.ok:
-            return reply.body["orderId"]
-        assert reply is None or reply.status >= 500, reply.body
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 2.0)
-    raise AssertionError("the order was never placed")
+    reply = await until_answered(lambda: customer.call_or_none("atlantic.orders.create", {
+        "items": [{"productId": product_id, "quantity": 1}]}, headers=key, timeout=5),
+        give_up_after=deadline)
+    assert reply is not None, "the order was never placed"
+    assert reply.ok, reply.body
+    return reply.body["orderId"]
 
 
 async def place_many(customer: AtlanticClient, products: list[str], count: int,
