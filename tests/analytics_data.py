@@ -115,9 +115,10 @@ def _order(rnd, add, order_id, customer, products, created) -> None:
     def later(hours: float) -> datetime:
         return ms(created + timedelta(hours=hours, milliseconds=rnd.randint(1, 999)))
 
-    lines = [OrderItem(product_id=rnd.choice(products), quantity=rnd.randint(1, 5),
+    # An order names each product once (orders.CreateOrder refuses repeats).
+    lines = [OrderItem(product_id=product, quantity=rnd.randint(1, 5),
                        price=Decimal(rnd.randint(99, 25_000)) / 100)
-             for _ in range(rnd.randint(1, 4))]
+             for product in rnd.sample(products, rnd.randint(1, 4))]
     total = sum((line.price * line.quantity for line in lines), Decimal(0))
     add(OrderCreated(order_id=order_id, customer_id=customer, items=lines, total_price=total,
                      timestamp=ms(created)))

@@ -48,8 +48,17 @@ class AnalyticsStore:
         return cls(backend, retention_days)
 
     async def start(self) -> None:
+        missing = [t for t in schema.BACKFILLS if not await self._table_exists(t)]
         for statement in schema.statements(self.db, self._retention_days):
             await self._run(self.backend.query, statement, {})
+        for table in missing:  # a new pre-aggregate learns what events already holds
+            await self._run(self.backend.query, schema.backfill(self.db, table), {})
+
+    async def _table_exists(self, table: str) -> bool:
+        row = await self._one("SELECT count() AS n FROM system.tables"
+                              " WHERE database = {db:String} AND name = {table:String}",
+                              db=self.db, table=table)
+        return int(row["n"]) > 0
 
     async def close(self) -> None:
         await self._run(self.backend.close)
@@ -110,11 +119,13 @@ class AnalyticsStore:
 
     async def summary(self, start: datetime, end: datetime) -> dict[str, Any]:
         return await self._one(
-            "SELECT uniqExactIf(order_id, event = 'OrderCreated') AS orders,"
+            # An order is created, cancelled and returned at most once (its state machine), and
+            # each event is stored once (the ingest's dedupe), so counting events counts orders.
+            "SELECT countIf(event = 'OrderCreated') AS orders,"
             " sumIf(amount, event = 'OrderCreated') AS revenue,"
             " sumIf(quantity, event = 'OrderCreated') AS units,"
-            " uniqExactIf(order_id, event = 'OrderCancelled') AS cancelled,"
-            " uniqExactIf(order_id, event = 'OrderReturned') AS returned,"
+            " countIf(event = 'OrderCancelled') AS cancelled,"
+            " countIf(event = 'OrderReturned') AS returned,"
             " sumIf(amount, event = 'PaymentProcessed' AND status = 'REFUNDED') AS refunds"
             # The events counted, named in the WHERE too: the sort key then skips the others.
             f" FROM {{db}}.events WHERE {WINDOW} AND event IN ('OrderCreated',"
@@ -145,29 +156,31 @@ class AnalyticsStore:
         order = {"revenue": "revenue DESC, units DESC",
                  "units": "units DESC, revenue DESC"}[by]
         return await self._rows(
+            # An order names a product on one line only, so its lines count its orders.
             "SELECT product_id, sum(revenue) AS revenue, sum(quantity) AS units,"
-            " uniqExact(order_id) AS orders"
+            " count() AS orders"
             f" FROM {{db}}.order_lines WHERE {WINDOW}"
             f" GROUP BY product_id ORDER BY {order}, product_id LIMIT {{limit:UInt32}}",
             start=start, end=end, limit=limit)
 
     async def order_funnel(self, start: datetime, end: datetime) -> dict[str, int]:
-        """Orders created in the window, and how many of them reached each later step."""
+        """Orders created in the window, and how many of them reached each later step.
+        A later step is stamped after its order's creation, so one pass over the events since
+        the window's start (less an hour for skewed clocks) sees every order whole."""
         row = await self._one(
             "SELECT count() AS created, countIf(v) AS validated, countIf(v AND p) AS paid,"
             " countIf(v AND p AND r) AS reserved, countIf(v AND p AND r AND s) AS shipped,"
             " countIf(v AND p AND r AND s AND d) AS delivered FROM ("
-            "  SELECT order_id,"
-            "   max(event = 'OrderValidated' AND status = 'valid') AS v,"
+            "  SELECT max(event = 'OrderValidated' AND status = 'valid') AS v,"
             "   max(event = 'PaymentProcessed' AND status = 'SUCCESS') AS p,"
             "   max(event = 'InventoryReserved') AS r,"
             "   max(event = 'OrderShipped') AS s,"
             "   max(event = 'OrderDelivered') AS d"
             "  FROM {db}.events WHERE event IN ('OrderCreated', 'OrderValidated',"
             "   'PaymentProcessed', 'InventoryReserved', 'OrderShipped', 'OrderDelivered')"
-            "  AND order_id IN ("
-            f"   SELECT order_id FROM {{db}}.events WHERE event = 'OrderCreated' AND {WINDOW})"
-            "  GROUP BY order_id)", start=start, end=end)
+            f"  AND timestamp >= {{start:{T}}} - INTERVAL 1 HOUR"
+            f"  GROUP BY order_id HAVING max(event = 'OrderCreated' AND {WINDOW}))",
+            start=start, end=end)
         return {k: int(v) for k, v in row.items()}
 
     async def shopper_funnel(self, start: datetime, end: datetime) -> dict[str, int]:
@@ -184,24 +197,36 @@ class AnalyticsStore:
             "  GROUP BY actor HAVING actor != '')", start=start, end=end)
         return {k: int(v) for k, v in row.items()}
 
+    # Per product: the level as of `end` (the daily argMax states of the days before it, merged
+    # with the raw level events of its own day) and the movement within the window.
     _STOCK = (
-        "SELECT product_id,"
-        " argMaxIf(on_hand, (timestamp, event_id), on_hand IS NOT NULL) AS on_hand,"
-        " argMaxIf(available, (timestamp, event_id), available IS NOT NULL) AS available,"
-        " sumIf(quantity, event = 'InventoryAdjusted' AND quantity > 0 AND in_window)"
-        "  AS units_in,"
-        " -sumIf(quantity, event = 'InventoryAdjusted' AND quantity < 0 AND in_window)"
-        "  AS units_out,"
-        " sumIf(quantity, event = 'InventoryReserved' AND in_window) AS units_reserved"
-        " FROM ("
-        "  SELECT product_id, event, timestamp, event_id, on_hand, available, quantity,"
-        f"   timestamp >= {{start:{T}}} AS in_window FROM {{db}}.events"
-        "  WHERE event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')"
-        f"   AND timestamp < {{end:{T}}}"
+        "SELECT product_id, argMaxIfMerge(on_hand) AS on_hand,"
+        " argMaxIfMerge(available) AS available, sum(units_in) AS units_in,"
+        " sum(units_out) AS units_out, sum(units_reserved) AS units_reserved FROM ("
+        "  SELECT product_id, on_hand, available, toInt64(0) AS units_in,"
+        "   toInt64(0) AS units_out, toInt64(0) AS units_reserved FROM {db}.stock_levels"
+        f"  WHERE day < toDate({{end:{T}}})"
         "  UNION ALL"
-        "  SELECT item.product_id, event, timestamp, event_id, NULL, NULL, item.quantity, true"
-        "  FROM {db}.events ARRAY JOIN items AS item"
-        f"  WHERE event = 'InventoryReserved' AND {WINDOW}"
+        "  SELECT product_id,"
+        "   argMaxIfState(on_hand, (timestamp, event_id), on_hand IS NOT NULL AND level),"
+        "   argMaxIfState(available, (timestamp, event_id), available IS NOT NULL AND level),"
+        "   sum(units_in), sum(units_out), sum(units_reserved)"
+        "  FROM ("
+        # the levels reported on the day of `end`, up to `end`
+        "   SELECT product_id, timestamp, event_id, on_hand, available, true AS level,"
+        "    toInt64(0) AS units_in, toInt64(0) AS units_out, toInt64(0) AS units_reserved"
+        "   FROM {db}.events"
+        "   WHERE event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')"
+        f"    AND timestamp >= toStartOfDay({{end:{T}}}) AND timestamp < {{end:{T}}}"
+        "   UNION ALL"  # counts taken and removed within the window
+        "   SELECT product_id, timestamp, '', NULL, NULL, false,"
+        "    if(quantity > 0, quantity, 0), if(quantity < 0, -quantity, 0), 0"
+        f"   FROM {{db}}.events WHERE event = 'InventoryAdjusted' AND {WINDOW}"
+        "   UNION ALL"  # units reserved for orders within the window
+        "   SELECT item.product_id, timestamp, '', NULL, NULL, false, 0, 0, item.quantity"
+        "   FROM {db}.events ARRAY JOIN items AS item"
+        f"   WHERE event = 'InventoryReserved' AND {WINDOW}"
+        "  ) GROUP BY product_id"
         " ) GROUP BY product_id")
 
     async def stock(self, start: datetime, end: datetime, limit: int) -> list[dict[str, Any]]:
@@ -227,13 +252,13 @@ class AnalyticsStore:
             "SELECT uniqExactIf(user_id, user_id != '') AS active_users,"
             " uniqExactIf(user_id, event = 'UserRegistered') AS new_registrations"
             f" FROM {{db}}.events WHERE {WINDOW}", start=start, end=end)
-        # A customer is new when their first order ever (within retention) is in the window.
+        # A customer is new when their first order ever is in the window.
         customers = await self._one(
             f"SELECT count() AS customers, countIf(first >= {{start:{T}}}) AS new_customers"
-            " FROM (SELECT user_id, min(timestamp) AS first FROM {db}.events"
-            f"  WHERE event = 'OrderCreated' AND timestamp < {{end:{T}}} AND user_id IN ("
+            " FROM (SELECT customer_id, min(first) AS first FROM {db}.first_orders"
+            "  WHERE customer_id IN ("
             f"   SELECT user_id FROM {{db}}.events WHERE event = 'OrderCreated' AND {WINDOW})"
-            "  GROUP BY user_id)", start=start, end=end)
+            "  GROUP BY customer_id)", start=start, end=end)
         figures = {k: int(v) for k, v in (active | customers).items()}
         figures["returning_customers"] = figures["customers"] - figures["new_customers"]
         return figures

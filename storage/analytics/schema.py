@@ -80,8 +80,60 @@ WHERE event = 'OrderCreated'
 GROUP BY minute
 """
 
+# The latest stock level per product and day, as argMax states: a level as of any moment is the
+# merge of the whole days before it and the raw events of its own day. argMax is idempotent, so
+# a level event counted twice (the backfill racing an insert) changes nothing.
+LEVEL = "argMaxIf, Nullable(Int64), Tuple(DateTime64(3, 'UTC'), String), UInt8"
+STOCK_LEVELS = f"""
+CREATE TABLE IF NOT EXISTS {{db}}.stock_levels (
+    product_id String,
+    day Date,
+    on_hand AggregateFunction({LEVEL}),
+    available AggregateFunction({LEVEL})
+) ENGINE = AggregatingMergeTree
+ORDER BY (product_id, day)
+TTL day + toIntervalDay({{retention_days}})
+"""
+
+STOCK_LEVELS_SELECT = """
+SELECT product_id, toDate(timestamp) AS day,
+       argMaxIfState(on_hand, (timestamp, event_id), on_hand IS NOT NULL) AS on_hand,
+       argMaxIfState(available, (timestamp, event_id), available IS NOT NULL) AS available
+FROM {db}.events WHERE event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')
+GROUP BY product_id, day
+"""
+
+STOCK_LEVELS_VIEW = ("CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.stock_levels_mv"
+                     " TO {db}.stock_levels AS" + STOCK_LEVELS_SELECT)
+
+# Each customer's first order: a row per customer, kept past the events' retention so that
+# "new customer" keeps meaning a first order ever. min is idempotent, like argMax above.
+FIRST_ORDERS = """
+CREATE TABLE IF NOT EXISTS {db}.first_orders (
+    customer_id String,
+    first SimpleAggregateFunction(min, DateTime64(3, 'UTC'))
+) ENGINE = AggregatingMergeTree
+ORDER BY customer_id
+"""
+
+FIRST_ORDERS_SELECT = """
+SELECT user_id AS customer_id, min(timestamp) AS first
+FROM {db}.events WHERE event = 'OrderCreated' GROUP BY customer_id
+"""
+
+FIRST_ORDERS_VIEW = ("CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.first_orders_mv"
+                     " TO {db}.first_orders AS" + FIRST_ORDERS_SELECT)
+
+# Tables added after events had rows, and how to fill them from what is already stored.
+BACKFILLS = {"stock_levels": "INSERT INTO {db}.stock_levels" + STOCK_LEVELS_SELECT,
+             "first_orders": "INSERT INTO {db}.first_orders" + FIRST_ORDERS_SELECT}
+
 TABLES_WITH_TTL = {"events": "toDateTime(timestamp)", "order_lines": "toDateTime(timestamp)",
-                   "sales_by_minute": "minute"}
+                   "sales_by_minute": "minute", "stock_levels": "day"}
+
+
+def _filled(sql: str, db: str, retention: int) -> str:
+    return sql.replace("{db}", db).replace("{retention_days}", str(retention))
 
 
 def statements(db: str, retention_days: int) -> list[str]:
@@ -89,11 +141,16 @@ def statements(db: str, retention_days: int) -> list[str]:
         raise ValueError(f"bad ClickHouse database name {db!r}")
     retention = int(retention_days)
     ddl = [f"CREATE DATABASE IF NOT EXISTS {db}"]
-    ddl += [s.replace("{db}", db).replace("{retention_days}", str(retention))
+    ddl += [_filled(s, db, retention)
             for s in (EVENTS, ORDER_LINES, ORDER_LINES_VIEW, SALES_BY_MINUTE,
-                      SALES_BY_MINUTE_VIEW)]
+                      SALES_BY_MINUTE_VIEW, STOCK_LEVELS, STOCK_LEVELS_VIEW, FIRST_ORDERS,
+                      FIRST_ORDERS_VIEW)]
     # A changed retention applies to existing tables too; old parts are trimmed as they merge.
     ddl += [f"ALTER TABLE {db}.{table} MODIFY TTL {column} + toIntervalDay({retention})"
             " SETTINGS materialize_ttl_after_modify = 0"
             for table, column in TABLES_WITH_TTL.items()]
     return ddl
+
+
+def backfill(db: str, table: str) -> str:
+    return _filled(BACKFILLS[table], db, 0)
