@@ -160,7 +160,7 @@ async def test_inventory_equals_the_recomputation(queries, history):
 async def test_new_pre_aggregates_are_filled_from_stored_events(system, admin, history):
     # As on an upgrade that adds them: the tables and their views are missing, events are stored.
     store = system.context.get("analytics")
-    for table in ("stock_levels", "first_orders"):
+    for table in ("stock_levels", "first_orders", "order_progress"):
         await store._rows(f"DROP VIEW {{db}}.{table}_mv")
         await store._rows(f"DROP TABLE {{db}}.{table}")
 
@@ -170,6 +170,7 @@ async def test_new_pre_aggregates_are_filled_from_stored_events(system, admin, h
                                                                          "limit": 100})
     assert inventory == ref.inventory(history, 40, 100)
     assert await ask(admin, contract.USERS, history.wire()) == ref.users(history)
+    assert await ask(admin, contract.FUNNEL, history.wire()) == ref.funnel(history)
 
 
 async def test_users_equal_the_recomputation(queries, history):

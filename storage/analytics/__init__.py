@@ -164,23 +164,14 @@ class AnalyticsStore:
             start=start, end=end, limit=limit)
 
     async def order_funnel(self, start: datetime, end: datetime) -> dict[str, int]:
-        """Orders created in the window, and how many of them reached each later step.
-        A later step is stamped after its order's creation, so one pass over the events since
-        the window's start (less an hour for skewed clocks) sees every order whole."""
+        """Orders created in the window, and how many of them reached each later step."""
         row = await self._one(
             "SELECT count() AS created, countIf(v) AS validated, countIf(v AND p) AS paid,"
             " countIf(v AND p AND r) AS reserved, countIf(v AND p AND r AND s) AS shipped,"
             " countIf(v AND p AND r AND s AND d) AS delivered FROM ("
-            "  SELECT max(event = 'OrderValidated' AND status = 'valid') AS v,"
-            "   max(event = 'PaymentProcessed' AND status = 'SUCCESS') AS p,"
-            "   max(event = 'InventoryReserved') AS r,"
-            "   max(event = 'OrderShipped') AS s,"
-            "   max(event = 'OrderDelivered') AS d"
-            "  FROM {db}.events WHERE event IN ('OrderCreated', 'OrderValidated',"
-            "   'PaymentProcessed', 'InventoryReserved', 'OrderShipped', 'OrderDelivered')"
-            f"  AND timestamp >= {{start:{T}}} - INTERVAL 1 HOUR"
-            f"  GROUP BY order_id HAVING max(event = 'OrderCreated' AND {WINDOW}))",
-            start=start, end=end)
+            "  SELECT validated AS v, paid AS p, reserved AS r, shipped AS s, delivered AS d"
+            "  FROM {db}.order_progress FINAL"
+            f"  WHERE created >= {{start:{T}}} AND created < {{end:{T}}})", start=start, end=end)
         return {k: int(v) for k, v in row.items()}
 
     async def shopper_funnel(self, start: datetime, end: datetime) -> dict[str, int]:
@@ -249,9 +240,9 @@ class AnalyticsStore:
 
     async def users(self, start: datetime, end: datetime) -> dict[str, int]:
         active = await self._one(
-            "SELECT uniqExactIf(user_id, user_id != '') AS active_users,"
+            "SELECT uniqExact(user_id) AS active_users,"
             " uniqExactIf(user_id, event = 'UserRegistered') AS new_registrations"
-            f" FROM {{db}}.events WHERE {WINDOW}", start=start, end=end)
+            f" FROM {{db}}.events WHERE {WINDOW} AND user_id != ''", start=start, end=end)
         # A customer is new when their first order ever is in the window.
         customers = await self._one(
             f"SELECT count() AS customers, countIf(first >= {{start:{T}}}) AS new_customers"

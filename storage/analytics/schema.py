@@ -124,12 +124,49 @@ FROM {db}.events WHERE event = 'OrderCreated' GROUP BY customer_id
 FIRST_ORDERS_VIEW = ("CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.first_orders_mv"
                      " TO {db}.first_orders AS" + FIRST_ORDERS_SELECT)
 
+# How far each order got: one row per order once merged (the funnel reads it with FINAL, which
+# merges what is not merged yet). Steps may arrive before the order's OrderCreated, so `created`
+# is the epoch until it does, and the TTL runs from the latest event instead.
+ORDER_PROGRESS = """
+CREATE TABLE IF NOT EXISTS {db}.order_progress (
+    order_id String,
+    created SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
+    last_event SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
+    validated SimpleAggregateFunction(max, Bool),
+    paid SimpleAggregateFunction(max, Bool),
+    reserved SimpleAggregateFunction(max, Bool),
+    shipped SimpleAggregateFunction(max, Bool),
+    delivered SimpleAggregateFunction(max, Bool)
+) ENGINE = AggregatingMergeTree
+ORDER BY order_id
+TTL toDateTime(last_event) + toIntervalDay({retention_days})
+"""
+
+ORDER_PROGRESS_SELECT = """
+SELECT order_id,
+       max(if(event = 'OrderCreated', timestamp, toDateTime64(0, 3, 'UTC'))) AS created,
+       max(timestamp) AS last_event,
+       max(event = 'OrderValidated' AND status = 'valid') AS validated,
+       max(event = 'PaymentProcessed' AND status = 'SUCCESS') AS paid,
+       max(event = 'InventoryReserved') AS reserved,
+       max(event = 'OrderShipped') AS shipped,
+       max(event = 'OrderDelivered') AS delivered
+FROM {db}.events WHERE event IN ('OrderCreated', 'OrderValidated', 'PaymentProcessed',
+                                 'InventoryReserved', 'OrderShipped', 'OrderDelivered')
+GROUP BY order_id
+"""
+
+ORDER_PROGRESS_VIEW = ("CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.order_progress_mv"
+                       " TO {db}.order_progress AS" + ORDER_PROGRESS_SELECT)
+
 # Tables added after events had rows, and how to fill them from what is already stored.
 BACKFILLS = {"stock_levels": "INSERT INTO {db}.stock_levels" + STOCK_LEVELS_SELECT,
-             "first_orders": "INSERT INTO {db}.first_orders" + FIRST_ORDERS_SELECT}
+             "first_orders": "INSERT INTO {db}.first_orders" + FIRST_ORDERS_SELECT,
+             "order_progress": "INSERT INTO {db}.order_progress" + ORDER_PROGRESS_SELECT}
 
 TABLES_WITH_TTL = {"events": "toDateTime(timestamp)", "order_lines": "toDateTime(timestamp)",
-                   "sales_by_minute": "minute", "stock_levels": "day"}
+                   "sales_by_minute": "minute", "stock_levels": "day",
+                   "order_progress": "toDateTime(last_event)"}
 
 
 def _filled(sql: str, db: str, retention: int) -> str:
@@ -144,7 +181,7 @@ def statements(db: str, retention_days: int) -> list[str]:
     ddl += [_filled(s, db, retention)
             for s in (EVENTS, ORDER_LINES, ORDER_LINES_VIEW, SALES_BY_MINUTE,
                       SALES_BY_MINUTE_VIEW, STOCK_LEVELS, STOCK_LEVELS_VIEW, FIRST_ORDERS,
-                      FIRST_ORDERS_VIEW)]
+                      FIRST_ORDERS_VIEW, ORDER_PROGRESS, ORDER_PROGRESS_VIEW)]
     # A changed retention applies to existing tables too; old parts are trimmed as they merge.
     ddl += [f"ALTER TABLE {db}.{table} MODIFY TTL {column} + toIntervalDay({retention})"
             " SETTINGS materialize_ttl_after_modify = 0"
