@@ -6,6 +6,11 @@ dead-lettered and acked, the rest flow), drop eventIds already stored, insert, a
 A failed insert naks the whole batch with a delay; since the insert skips stored eventIds, a
 redelivered batch never counts anything twice. Memory is bounded: one batch in hand, and the
 consumer's max_ack_pending stops the server handing out more while ClickHouse is slow.
+
+An insert is not atomic across the views it feeds: a crash inside one can leave the events
+stored and a derived table without their rows, and the redelivered batch then skips them as
+stored. So before it consumes, the ingest derives the newest events' rows again (idempotently,
+see storage.analytics.schema); only the last insert before a crash can be partial.
 """
 
 import asyncio
@@ -28,6 +33,7 @@ from storage.analytics.rows import Malformed, row
 log = logging.getLogger("atlantic.analytics.ingest")
 
 RETRY_DELAY_SECONDS = 2.0  # a failed insert: the batch comes back after this
+REPAIR_WINDOW_SECONDS = 60.0  # the newest events derived again at start (the last insert's)
 
 
 class Ingest:
@@ -39,6 +45,7 @@ class Ingest:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self.store.repair_derived(REPAIR_WINDOW_SECONDS)
         self._subscription = await self.js.pull_subscribe(
             ALL_EVENTS, durable=self.durable, stream=STREAM, config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,

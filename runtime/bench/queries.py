@@ -62,8 +62,7 @@ async def dashboard(data_dir: str, events: int, repeats: int) -> dict:
     await store._run(store.backend.query, sql, {})
     # Merged parts, as a running system's background merges leave them (else the timed queries
     # race the merges for the two cores).
-    for table in ("events", "order_lines", "sales_by_minute", "stock_levels", "first_orders",
-                  "order_progress"):
+    for table in ("events", "order_lines", "stock_levels", "first_orders", "order_progress"):
         await store._run(store.backend.query, f"OPTIMIZE TABLE {store.db}.{table} FINAL", {})
     loaded = time.perf_counter() - began
     end = datetime.now(UTC) + timedelta(minutes=1)

@@ -10,7 +10,7 @@ import asyncio
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -48,11 +48,22 @@ class AnalyticsStore:
         return cls(backend, retention_days)
 
     async def start(self) -> None:
-        missing = [t for t in schema.BACKFILLS if not await self._table_exists(t)]
+        missing = [d for d in schema.DERIVED if not await self._table_exists(d.table)]
         for statement in schema.statements(self.db, self._retention_days):
             await self._run(self.backend.query, statement, {})
-        for table in missing:  # a new pre-aggregate learns what events already holds
-            await self._run(self.backend.query, schema.backfill(self.db, table), {})
+        for derived in missing:  # a new table learns what the events already hold
+            await self._run(self.backend.query, schema.filled(derived.fill(), self.db), {})
+
+    async def repair_derived(self, window_seconds: float) -> None:
+        """Derives again what the events ingested last (within window_seconds of the newest)
+        should have put in every derived table: after a crash inside an insert, the events may
+        be stored while a view's rows are not. Counts nothing twice (see schema)."""
+        row = await self._one("SELECT max(ingested_at) AS last FROM {db}.events")
+        if (last := _time(row["last"])) is None:
+            return
+        since = last - timedelta(seconds=window_seconds)
+        for derived in schema.DERIVED:
+            await self._rows(derived.fill(f"{{since:{T}}}"), since=since)
 
     async def _table_exists(self, table: str) -> bool:
         row = await self._one("SELECT count() AS n FROM system.tables"
@@ -133,13 +144,13 @@ class AnalyticsStore:
 
     async def sales_series(self, start: datetime, end: datetime, step_seconds: int,
                            metric: str) -> dict[int, Decimal]:
-        """Sales per bucket from the per-minute pre-aggregate; bucket = epoch seconds."""
-        column = {"revenue": "sum(revenue)", "orders": "sum(orders)", "units": "sum(units)"}[metric]
+        """Sales per bucket; bucket = epoch seconds."""
+        value = {"revenue": "sum(amount)", "orders": "count()", "units": "sum(quantity)"}[metric]
         rows = await self._rows(
-            f"SELECT intDiv(toUInt32(minute), {{step:UInt32}}) * {{step:UInt32}} AS bucket,"
-            f" {column} AS value FROM {{db}}.sales_by_minute"
-            f" WHERE minute >= {{start:{T}}} AND minute < {{end:{T}}}"
-            " GROUP BY bucket", start=start, end=end, step=step_seconds)
+            "SELECT intDiv(toUInt32(toDateTime(timestamp)), {step:UInt32}) * {step:UInt32}"
+            f" AS bucket, {value} AS value"
+            f" FROM {{db}}.events WHERE event = 'OrderCreated' AND {WINDOW} GROUP BY bucket",
+            start=start, end=end, step=step_seconds)
         return {int(r["bucket"]): Decimal(r["value"]) for r in rows}
 
     async def active_users_series(self, start: datetime, end: datetime,
