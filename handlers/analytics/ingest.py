@@ -7,10 +7,11 @@ A failed insert naks the whole batch with a delay; since the insert skips stored
 redelivered batch never counts anything twice. Memory is bounded: one batch in hand, and the
 consumer's max_ack_pending stops the server handing out more while ClickHouse is slow.
 
-An insert is not atomic across the views it feeds: a crash inside one can leave the events
-stored and a derived table without their rows, and the redelivered batch then skips them as
-stored. So before it consumes, the ingest derives the newest events' rows again (idempotently,
-see storage.analytics.schema); only the last insert before a crash can be partial.
+An insert is not atomic across the views it feeds, and a crash inside one can leave either side
+without the other. Events stored without a view's rows: the redelivered batch skips them as
+stored, so before it consumes, the ingest derives the newest events' rows again (only the last
+insert before a crash can be partial). A view's rows without the events: the redelivered batch
+writes them again, which the derived tables absorb (storage.analytics.schema).
 """
 
 import asyncio

@@ -4,9 +4,9 @@ checked to be an identifier; retention is an integer from settings.
 
 Besides the raw events, every table is derived from them by a materialized view, and every one
 can be derived again without counting anything twice: the aggregates are argMax, min and max
-(idempotent), and order lines are only ever added for events that have none. That is what lets
-a new table be filled from stored events, and the ingest repair a batch whose insert died after
-the events were stored but before every view had written its rows.
+(idempotent), and order lines are keyed by event and line and read with FINAL (a repair adds
+them only for events that have none). That is what lets a new table be filled from stored
+events, and the ingest survive a crash inside an insert that wrote only some of the tables.
 """
 
 from dataclasses import dataclass
