@@ -3,6 +3,7 @@ returns, refunds, duplicates, out-of-order arrivals) goes through JetStream into
 every query's answer equals a plain Python recomputation, to the cent. The same query tests run
 on chDB always, and on a ClickHouse server when ATLANTIC_CLICKHOUSE_URL is set."""
 
+import importlib
 import os
 import random
 from datetime import UTC, datetime, timedelta
@@ -48,13 +49,14 @@ async def history(system, client) -> ref.History:
 
 
 class ServerQueries:
-    """The same handlers over a ClickHouse server: the history inserted through the same rows."""
+    """The same handlers over another store: the history inserted through the same rows."""
 
     def __init__(self, store):
         self.store = store
 
     async def call(self, subject: str, payload: dict) -> Reply:
-        from handlers import analytics as h
+        # The module: `handlers.analytics` as an attribute is the handler set.
+        h = importlib.import_module("handlers.analytics")
 
         request, handler = {
             contract.SUMMARY: (contract.Summary, h.summary),
@@ -74,18 +76,29 @@ class _NoIngest:
         return None
 
 
-@pytest.fixture(scope="module", params=["chdb", "server"])
-async def queries(request, history, admin):
+@pytest.fixture(scope="module", params=["chdb", "clickhouse-connect", "server"])
+async def queries(request, system, history, admin):
+    """chdb: the running system. clickhouse-connect: the server backend's client over the same
+    in-process engine (another database). server: a ClickHouse server, when one is configured."""
     if request.param == "chdb":
         yield admin
         return
-    url = os.environ.get("ATLANTIC_CLICKHOUSE_URL")
-    if not url:
-        pytest.skip("ATLANTIC_CLICKHOUSE_URL is not set")
+    import clickhouse_connect
+
     from storage.analytics import AnalyticsStore
+    from storage.analytics.backends import SESSION_SETTINGS, ServerBackend
     from storage.analytics.rows import row
 
-    store = AnalyticsStore.for_settings(url, "", 400)
+    if request.param == "server":
+        if not (url := os.environ.get("ATLANTIC_CLICKHOUSE_URL")):
+            pytest.skip("ATLANTIC_CLICKHOUSE_URL is not set")
+        backend = ServerBackend.connect(url)
+    else:
+        engine = system.context.get("analytics").backend.path
+        backend = ServerBackend(clickhouse_connect.get_client(
+            dsn=f"chdb://{engine}", settings=SESSION_SETTINGS), f"atlantic_cc_{RUN_ID}")
+        backend.max_threads = 1  # chDB takes one caller at a time
+    store = AnalyticsStore(backend, 400)
     await store.start()
     now = datetime.now(UTC)
     rows = [row(e.model_dump_json().encode(), subject=e.subject, stream_seq=0, published_at=now)
@@ -93,6 +106,8 @@ async def queries(request, history, admin):
     for i in range(0, len(rows), 5_000):
         await store.insert_new_events(rows[i:i + 5_000])
     yield ServerQueries(store)
+    if request.param == "clickhouse-connect":
+        await store._rows(f"DROP DATABASE {store.db}")
     await store.close()
 
 

@@ -44,7 +44,8 @@ class AnalyticsStore:
     @classmethod
     def for_settings(cls, clickhouse_url: str | None, data_dir: str,
                      retention_days: int) -> "AnalyticsStore":
-        backend = ServerBackend(clickhouse_url) if clickhouse_url else ChdbBackend(data_dir)
+        backend = (ServerBackend.connect(clickhouse_url) if clickhouse_url
+                   else ChdbBackend(data_dir))
         return cls(backend, retention_days)
 
     async def start(self) -> None:

@@ -53,10 +53,11 @@ class ChdbBackend:
     def __init__(self, data_dir: str, database: str = "atlantic"):
         from chdb import session
 
-        path = Path(data_dir) / "clickhouse"
-        path.mkdir(parents=True, exist_ok=True)
+        # chDB compares engine paths literally: one spelling for every client in the process.
+        self.path = (Path(data_dir) / "clickhouse").resolve()
+        self.path.mkdir(parents=True, exist_ok=True)
         self.database = database
-        self._session = session.Session(str(path))
+        self._session = session.Session(str(self.path))
         for name, value in SESSION_SETTINGS.items():
             self._session.query(f"SET {name} = {value}")
 
@@ -74,21 +75,27 @@ class ChdbBackend:
 
 
 class ServerBackend:
-    """A ClickHouse server through clickhouse-connect, e.g.
-    http://user:password@clickhouse:8123/atlantic (the path names the database)."""
+    """ClickHouse through clickhouse-connect: a server (see `connect`), or in the tests the same
+    client over the in-process engine, so this code runs even where no server does."""
 
     max_threads = 4
 
-    def __init__(self, url: str):
+    def __init__(self, client: Any, database: str):
+        self._client, self.database = client, database
+
+    @classmethod
+    def connect(cls, url: str) -> "ServerBackend":
+        """A server, e.g. http://user:password@clickhouse:8123/atlantic (the path names the
+        database)."""
         import clickhouse_connect
 
         parts = urlsplit(url)
-        self.database = parts.path.strip("/") or "atlantic"
-        self._client = clickhouse_connect.get_client(
+        client = clickhouse_connect.get_client(
             host=parts.hostname or "127.0.0.1", port=parts.port or 8123,
             username=unquote(parts.username or "default"), password=unquote(parts.password or ""),
             secure=parts.scheme == "https", database="default", settings=SESSION_SETTINGS,
             autogenerate_session_id=False)  # sessions would serialise concurrent queries
+        return cls(client, parts.path.strip("/") or "atlantic")
 
     def query(self, sql: str, params: Mapping[str, Any]) -> bytes:
         return self._client.raw_query(sql, parameters=dict(params), fmt="JSONEachRow")
