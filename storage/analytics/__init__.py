@@ -203,7 +203,10 @@ class AnalyticsStore:
         return {k: int(v) for k, v in row.items()}
 
     # Per product: the level as of `end` (the daily argMax states of the days before it, merged
-    # with the raw level events of its own day) and the movement within the window.
+    # with the raw level events of its own day) and the movement within the window. Each part
+    # is grouped by product on its own, so the final merge sees a few rows per product.
+    _NO_LEVEL = ("argMaxIfState(CAST(NULL AS Nullable(Int64)),"
+                 " (toDateTime64(0, 3, 'UTC'), ''), toUInt8(0))")
     _STOCK = (
         "SELECT product_id, argMaxIfMerge(on_hand) AS on_hand,"
         " argMaxIfMerge(available) AS available, sum(units_in) AS units_in,"
@@ -211,27 +214,24 @@ class AnalyticsStore:
         "  SELECT product_id, on_hand, available, toInt64(0) AS units_in,"
         "   toInt64(0) AS units_out, toInt64(0) AS units_reserved FROM {db}.stock_levels"
         f"  WHERE day < toDate({{end:{T}}})"
-        "  UNION ALL"
+        "  UNION ALL"  # the levels reported on the day of `end`, up to `end`
         "  SELECT product_id,"
-        "   argMaxIfState(on_hand, (timestamp, event_id), on_hand IS NOT NULL AND level),"
-        "   argMaxIfState(available, (timestamp, event_id), available IS NOT NULL AND level),"
-        "   sum(units_in), sum(units_out), sum(units_reserved)"
-        "  FROM ("
-        # the levels reported on the day of `end`, up to `end`
-        "   SELECT product_id, timestamp, event_id, on_hand, available, true AS level,"
-        "    toInt64(0) AS units_in, toInt64(0) AS units_out, toInt64(0) AS units_reserved"
-        "   FROM {db}.events"
-        "   WHERE event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')"
-        f"    AND timestamp >= toStartOfDay({{end:{T}}}) AND timestamp < {{end:{T}}}"
-        "   UNION ALL"  # counts taken and removed within the window
-        "   SELECT product_id, timestamp, '', NULL, NULL, false,"
-        "    if(quantity > 0, quantity, 0), if(quantity < 0, -quantity, 0), 0"
-        f"   FROM {{db}}.events WHERE event = 'InventoryAdjusted' AND {WINDOW}"
-        "   UNION ALL"  # units reserved for orders within the window
-        "   SELECT item.product_id, timestamp, '', NULL, NULL, false, 0, 0, item.quantity"
-        "   FROM {db}.events ARRAY JOIN items AS item"
-        f"   WHERE event = 'InventoryReserved' AND {WINDOW}"
-        "  ) GROUP BY product_id"
+        "   argMaxIfState(on_hand, (timestamp, event_id), on_hand IS NOT NULL),"
+        "   argMaxIfState(available, (timestamp, event_id), available IS NOT NULL), 0, 0, 0"
+        "  FROM {db}.events"
+        "  WHERE event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')"
+        f"   AND timestamp >= toStartOfDay({{end:{T}}}) AND timestamp < {{end:{T}}}"
+        "  GROUP BY product_id"
+        "  UNION ALL"  # counts taken and removed within the window
+        f"  SELECT product_id, {_NO_LEVEL}, {_NO_LEVEL},"
+        "   sum(if(quantity > 0, quantity, 0)), sum(if(quantity < 0, -quantity, 0)), 0"
+        f"  FROM {{db}}.events WHERE event = 'InventoryAdjusted' AND {WINDOW}"
+        "  GROUP BY product_id"
+        "  UNION ALL"  # units reserved for orders within the window
+        f"  SELECT item.product_id, {_NO_LEVEL}, {_NO_LEVEL}, 0, 0, sum(item.quantity)"
+        "  FROM {db}.events ARRAY JOIN items AS item"
+        f"  WHERE event = 'InventoryReserved' AND {WINDOW}"
+        "  GROUP BY item.product_id"
         " ) GROUP BY product_id")
 
     async def stock(self, start: datetime, end: datetime, limit: int) -> list[dict[str, Any]]:
