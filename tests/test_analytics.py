@@ -175,7 +175,7 @@ async def test_inventory_equals_the_recomputation(queries, history):
 async def test_new_pre_aggregates_are_filled_from_stored_events(system, admin, history):
     # As on an upgrade that adds them: the tables and their views are missing, events are stored.
     store = system.context.get("analytics")
-    for table in ("stock_levels", "first_orders", "order_progress"):
+    for table in ("stock_levels", "first_orders", "order_progress", "active_users"):
         await store._rows(f"DROP VIEW {{db}}.{table}_mv")
         await store._rows(f"DROP TABLE {{db}}.{table}")
 

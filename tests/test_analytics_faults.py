@@ -127,7 +127,8 @@ async def test_an_insert_that_died_before_its_views_is_repaired_once(system, adm
             published_at=datetime.now(UTC)) for e in events])
     derived_rows = (("order_lines", "product_id", product), ("stock_levels", "product_id", product),
                     ("first_orders", "customer_id", f"c-{tag}"),
-                    ("order_progress", "order_id", f"o-{tag}"))
+                    ("order_progress", "order_id", f"o-{tag}"),
+                    ("active_users", "user_id", f"c-{tag}"))
 
     async def delete(rows):
         for table, column, value in rows:

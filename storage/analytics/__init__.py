@@ -252,17 +252,28 @@ class AnalyticsStore:
             start=start, end=end)
         return int(row["n"])
 
+    # The signed-in people active in the window, with whether they ordered or registered there:
+    # whole days from active_users, the partial first and last days from the events.
+    _WHOLE_DAYS = (f"day >= toDate({{start:{T}}}) + (toStartOfDay({{start:{T}}}) != {{start:{T}}})"
+                   f" AND day < toDate({{end:{T}}})")
+    _WINDOW_USERS = (
+        "SELECT user_id, ordered, registered FROM {db}.active_users"
+        f" WHERE {_WHOLE_DAYS}"
+        " UNION ALL"
+        " SELECT user_id, event = 'OrderCreated', event = 'UserRegistered' FROM ("
+        f"  SELECT user_id, event, toDate(timestamp) AS day FROM {{db}}.events"
+        f"  WHERE {WINDOW} AND user_id != '') WHERE NOT ({_WHOLE_DAYS})")
+
     async def users(self, start: datetime, end: datetime) -> dict[str, int]:
         active = await self._one(
             "SELECT uniqExact(user_id) AS active_users,"
-            " uniqExactIf(user_id, event = 'UserRegistered') AS new_registrations"
-            f" FROM {{db}}.events WHERE {WINDOW} AND user_id != ''", start=start, end=end)
+            " uniqExactIf(user_id, registered) AS new_registrations"
+            f" FROM ({self._WINDOW_USERS})", start=start, end=end)
         # A customer is new when their first order ever is in the window.
         customers = await self._one(
             f"SELECT count() AS customers, countIf(first >= {{start:{T}}}) AS new_customers"
             " FROM (SELECT customer_id, min(first) AS first FROM {db}.first_orders"
-            "  WHERE customer_id IN ("
-            f"   SELECT user_id FROM {{db}}.events WHERE event = 'OrderCreated' AND {WINDOW})"
+            f"  WHERE customer_id IN (SELECT user_id FROM ({self._WINDOW_USERS}) WHERE ordered)"
             "  GROUP BY customer_id)", start=start, end=end)
         figures = {k: int(v) for k, v in (active | customers).items()}
         figures["returning_customers"] = figures["customers"] - figures["new_customers"]
