@@ -156,6 +156,14 @@ class AnalyticsStore:
 
     async def active_users_series(self, start: datetime, end: datetime,
                                   step_seconds: int) -> dict[int, Decimal]:
+        """Distinct signed-in people per bucket; whole UTC days come from active_users."""
+        if step_seconds == 86_400 and start == start.replace(hour=0, minute=0, second=0,
+                                                             microsecond=0):
+            rows = await self._rows(
+                "SELECT toUInt32(toDateTime(day)) AS bucket, uniqExact(user_id) AS value"
+                f" FROM {{db}}.active_users WHERE day >= toDate({{start:{T}}})"
+                f" AND day < toDate({{end:{T}}}) GROUP BY day", start=start, end=end)
+            return {int(r["bucket"]): Decimal(r["value"]) for r in rows}
         rows = await self._rows(
             "SELECT intDiv(toUInt32(toDateTime(timestamp)), {step:UInt32}) * {step:UInt32}"
             " AS bucket, uniqExact(user_id) AS value"
