@@ -49,6 +49,10 @@ FROM (SELECT number, number % 20 AS k FROM numbers({n}))
 """
 
 
+def midnight(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -70,6 +74,9 @@ async def dashboard(data_dir: str, events: int, repeats: int) -> dict:
         "summary": lambda s, e: store.summary(s, e),
         "timeseries (hourly revenue)": lambda s, e: store.sales_series(s, e, 3600, "revenue"),
         "timeseries (active users)": lambda s, e: store.active_users_series(s, e, 3600),
+        # whole UTC days, as the handler asks for them (its buckets start at midnight)
+        "timeseries (daily active users)": lambda s, e: store.active_users_series(
+            midnight(s), midnight(e) + timedelta(days=1), 86_400),
         "top_products": lambda s, e: store.top_products(s, e, "revenue", 10),
         "funnel (orders)": lambda s, e: store.order_funnel(s, e),
         "funnel (shoppers)": lambda s, e: store.shopper_funnel(s, e),
