@@ -1,6 +1,6 @@
 """The analytics tables, created idempotently at start-up (ClickHouse has no migration tool
-here, and every statement is IF NOT EXISTS). `{db}` is the database name from configuration,
-checked to be an identifier; retention is an integer from settings.
+here, and every statement can run again: IF NOT EXISTS, IF EXISTS). `{db}` is the database name
+from configuration, checked to be an identifier; retention is an integer from settings.
 
 Besides the raw events, every table is derived from them by a materialized view, and every one
 can be derived again without counting anything twice: the aggregates are argMax, min and max
@@ -47,7 +47,7 @@ class Derived:
     table: str
     create: str
     select: str  # over `{events}`: the events table in the view, a subset to fill or repair
-    repair_only: str = ""  # a condition on those events when filling again (else: all of them)
+    fill_only: str = ""  # filling from stored events: only those matching this (else: all)
 
     def view(self) -> str:
         return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.{self.table}_mv"
@@ -56,7 +56,7 @@ class Derived:
     def fill(self, since: str | None = None) -> str:
         """INSERT ... SELECT over the stored events (those ingested since `since`, a bound
         parameter's SQL, when given)."""
-        where = [w for w in (f"ingested_at >= {since}" if since else "", self.repair_only) if w]
+        where = [w for w in (f"ingested_at >= {since}" if since else "", self.fill_only) if w]
         source = ("(SELECT * FROM {db}.events WHERE " + " AND ".join(where) + ")" if where
                   else "{db}.events")
         return f"INSERT INTO {{db}}.{self.table}" + self.select.replace("{events}", source)
@@ -84,7 +84,7 @@ SELECT event_id, line, timestamp, order_id, user_id AS customer_id,
 FROM {events}
 ARRAY JOIN items AS item, arrayEnumerate(items) AS line
 WHERE event = 'OrderCreated'
-""", repair_only="event_id NOT IN (SELECT event_id FROM {db}.order_lines)")
+""", fill_only="event_id NOT IN (SELECT event_id FROM {db}.order_lines)")
 
 # The latest stock level per product and day, as argMax states: a level as of any moment is the
 # merge of the whole days before it and the raw events of its own day.
