@@ -29,12 +29,15 @@ def _table(schema: str) -> str:
 
 
 async def add(db: asyncpg.Connection, schema: str, *events: Event) -> None:
-    """Queues events for publication; call inside the transaction that makes the change."""
-    await db.executemany(
-        f"INSERT INTO {_table(schema)} (event_id, subject, payload) VALUES ($1, $2, $3)",
-        [(e.event_id, e.subject, e.model_dump_json().encode()) for e in events],
+    """Queues events for publication; call inside the transaction that makes the change.
+    One round trip: the rows and the NOTIFY go in one statement."""
+    await db.execute(
+        f"WITH queued AS (INSERT INTO {_table(schema)} (event_id, subject, payload)"
+        "  SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]))"
+        " SELECT pg_notify($4, $5)",
+        [e.event_id for e in events], [e.subject for e in events],
+        [e.model_dump_json().encode() for e in events], CHANNEL, schema,
     )
-    await db.execute("SELECT pg_notify($1, $2)", CHANNEL, schema)
 
 
 async def claim_unpublished(
