@@ -15,6 +15,7 @@ from conftest import RUN_ID, eventually
 
 from contracts import analytics as contract
 from runtime.client import Reply
+from storage.analytics import schema
 
 ORDERS = 2_500
 
@@ -175,9 +176,9 @@ async def test_inventory_equals_the_recomputation(queries, history):
 async def test_new_pre_aggregates_are_filled_from_stored_events(system, admin, history):
     # As on an upgrade that adds them: the tables and their views are missing, events are stored.
     store = system.context.get("analytics")
-    for table in ("stock_levels", "first_orders", "order_progress", "active_users"):
-        await store._rows(f"DROP VIEW {{db}}.{table}_mv")
-        await store._rows(f"DROP TABLE {{db}}.{table}")
+    for derived in schema.DERIVED:
+        await store._rows(f"DROP VIEW {{db}}.{derived.table}_mv")
+        await store._rows(f"DROP TABLE {{db}}.{derived.table}")
 
     await store.start()
 
@@ -186,6 +187,20 @@ async def test_new_pre_aggregates_are_filled_from_stored_events(system, admin, h
     assert inventory == ref.inventory(history, 40, 100)
     assert await ask(admin, contract.USERS, history.wire()) == ref.users(history)
     assert await ask(admin, contract.FUNNEL, history.wire()) == ref.funnel(history)
+    top = await ask(admin, contract.TOP_PRODUCTS, history.wire() | {"by": "revenue", "limit": 15})
+    assert top["products"] == ref.top_products(history, "revenue", 15)
+
+
+async def test_every_table_but_first_orders_keeps_the_configured_retention(system, settings):
+    store = system.context.get("analytics")
+    tables = {r["name"]: r["engine_full"] for r in await store._rows(
+        "SELECT name, engine_full FROM system.tables"
+        " WHERE database = {db:String} AND engine LIKE '%MergeTree'", db=store.db)}
+
+    retention = f"toIntervalDay({settings.analytics_retention_days})"
+    assert {name for name, engine in tables.items() if retention in engine} == set(tables) - {
+        "first_orders"}
+    assert "TTL" not in tables["first_orders"]  # new versus returning needs every first order
 
 
 async def test_users_equal_the_recomputation(queries, history):

@@ -20,6 +20,7 @@ from storage.analytics.rows import ch_time
 
 T = "DateTime64(3, 'UTC')"
 WINDOW = f"timestamp >= {{start:{T}}} AND timestamp < {{end:{T}}}"
+BUCKET = "intDiv(toUInt32(toDateTime(timestamp)), {step:UInt32}) * {step:UInt32}"  # epoch s
 
 
 def _parse(data: bytes) -> list[dict[str, Any]]:
@@ -49,11 +50,13 @@ class AnalyticsStore:
         return cls(backend, retention_days)
 
     async def start(self) -> None:
-        missing = [d for d in schema.DERIVED if not await self._table_exists(d.table)]
+        existing = {r["name"] for r in await self._rows(
+            "SELECT name FROM system.tables WHERE database = {db:String}", db=self.db)}
         for statement in schema.statements(self.db, self._retention_days):
             await self._run(self.backend.query, statement, {})
-        for derived in missing:  # a new table learns what the events already hold
-            await self._run(self.backend.query, schema.filled(derived.fill(), self.db), {})
+        for derived in schema.DERIVED:
+            if derived.table not in existing:  # a new table learns what the events already hold
+                await self._rows(derived.fill())
 
     async def repair_derived(self, window_seconds: float) -> None:
         """Derives again what the events ingested last (within window_seconds of the newest)
@@ -65,12 +68,6 @@ class AnalyticsStore:
         since = last - timedelta(seconds=window_seconds)
         for derived in schema.DERIVED:
             await self._rows(derived.fill(f"{{since:{T}}}"), since=since)
-
-    async def _table_exists(self, table: str) -> bool:
-        row = await self._one("SELECT count() AS n FROM system.tables"
-                              " WHERE database = {db:String} AND name = {table:String}",
-                              db=self.db, table=table)
-        return int(row["n"]) > 0
 
     async def close(self) -> None:
         await self._run(self.backend.close)
@@ -143,33 +140,31 @@ class AnalyticsStore:
             f" FROM {{db}}.events WHERE {WINDOW} AND event IN ('OrderCreated',"
             " 'OrderCancelled', 'OrderReturned', 'PaymentProcessed')", start=start, end=end)
 
+    async def _buckets(self, sql: str, **params: Any) -> dict[int, Decimal]:
+        return {int(r["bucket"]): Decimal(r["value"]) for r in await self._rows(sql, **params)}
+
     async def sales_series(self, start: datetime, end: datetime, step_seconds: int,
                            metric: str) -> dict[int, Decimal]:
         """Sales per bucket; bucket = epoch seconds."""
         value = {"revenue": "sum(amount)", "orders": "count()", "units": "sum(quantity)"}[metric]
-        rows = await self._rows(
-            "SELECT intDiv(toUInt32(toDateTime(timestamp)), {step:UInt32}) * {step:UInt32}"
-            f" AS bucket, {value} AS value"
+        return await self._buckets(
+            f"SELECT {BUCKET} AS bucket, {value} AS value"
             f" FROM {{db}}.events WHERE event = 'OrderCreated' AND {WINDOW} GROUP BY bucket",
             start=start, end=end, step=step_seconds)
-        return {int(r["bucket"]): Decimal(r["value"]) for r in rows}
 
     async def active_users_series(self, start: datetime, end: datetime,
                                   step_seconds: int) -> dict[int, Decimal]:
         """Distinct signed-in people per bucket; whole UTC days come from active_users."""
         if step_seconds == 86_400 and start == start.replace(hour=0, minute=0, second=0,
                                                              microsecond=0):
-            rows = await self._rows(
+            return await self._buckets(
                 "SELECT toUInt32(toDateTime(day)) AS bucket, uniqExact(user_id) AS value"
                 f" FROM {{db}}.active_users WHERE day >= toDate({{start:{T}}})"
                 f" AND day < toDate({{end:{T}}}) GROUP BY day", start=start, end=end)
-            return {int(r["bucket"]): Decimal(r["value"]) for r in rows}
-        rows = await self._rows(
-            "SELECT intDiv(toUInt32(toDateTime(timestamp)), {step:UInt32}) * {step:UInt32}"
-            " AS bucket, uniqExact(user_id) AS value"
+        return await self._buckets(
+            f"SELECT {BUCKET} AS bucket, uniqExact(user_id) AS value"
             f" FROM {{db}}.events WHERE {WINDOW} AND user_id != '' GROUP BY bucket",
             start=start, end=end, step=step_seconds)
-        return {int(r["bucket"]): Decimal(r["value"]) for r in rows}
 
     async def top_products(self, start: datetime, end: datetime, by: str,
                            limit: int) -> list[dict[str, Any]]:

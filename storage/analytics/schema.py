@@ -38,7 +38,6 @@ CREATE TABLE IF NOT EXISTS {db}.events (
     INDEX event_id_idx event_id TYPE bloom_filter GRANULARITY 1
 ) ENGINE = ReplacingMergeTree
 ORDER BY (event, timestamp, event_id)
-TTL toDateTime(timestamp) + toIntervalDay({retention_days})
 """
 
 
@@ -48,6 +47,7 @@ class Derived:
     create: str
     select: str  # over `{events}`: the events table in the view, a subset to fill or repair
     fill_only: str = ""  # filling from stored events: only those matching this (else: all)
+    ttl: str = ""  # the column expression the retention counts from (none: kept for good)
 
     def view(self) -> str:
         return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.{self.table}_mv"
@@ -76,7 +76,6 @@ CREATE TABLE IF NOT EXISTS {db}.order_lines (
     revenue Decimal(18, 2)
 ) ENGINE = ReplacingMergeTree
 ORDER BY (timestamp, product_id, event_id, line)
-TTL toDateTime(timestamp) + toIntervalDay({retention_days})
 """, """
 SELECT event_id, line, timestamp, order_id, user_id AS customer_id,
        item.product_id AS product_id, item.quantity AS quantity, item.price AS price,
@@ -84,7 +83,8 @@ SELECT event_id, line, timestamp, order_id, user_id AS customer_id,
 FROM {events}
 ARRAY JOIN items AS item, arrayEnumerate(items) AS line
 WHERE event = 'OrderCreated'
-""", fill_only="event_id NOT IN (SELECT event_id FROM {db}.order_lines)")
+""", fill_only="event_id NOT IN (SELECT event_id FROM {db}.order_lines)",
+    ttl="toDateTime(timestamp)")
 
 # The latest stock level per product and day, as argMax states: a level as of any moment is the
 # merge of the whole days before it and the raw events of its own day.
@@ -97,14 +97,13 @@ CREATE TABLE IF NOT EXISTS {{db}}.stock_levels (
     available AggregateFunction({LEVEL})
 ) ENGINE = AggregatingMergeTree
 ORDER BY (product_id, day)
-TTL day + toIntervalDay({{retention_days}})
 """, """
 SELECT product_id, toDate(timestamp) AS day,
        argMaxIfState(on_hand, (timestamp, event_id), on_hand IS NOT NULL) AS on_hand,
        argMaxIfState(available, (timestamp, event_id), available IS NOT NULL) AS available
 FROM {events} WHERE event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')
 GROUP BY product_id, day
-""")
+""", ttl="day")
 
 # Each customer's first order: a row per customer, kept past the events' retention so that
 # "new customer" keeps meaning a first order ever.
@@ -134,7 +133,6 @@ CREATE TABLE IF NOT EXISTS {db}.order_progress (
     delivered SimpleAggregateFunction(max, Bool)
 ) ENGINE = AggregatingMergeTree
 ORDER BY order_id
-TTL toDateTime(last_event) + toIntervalDay({retention_days})
 """, """
 SELECT order_id,
        max(if(event = 'OrderCreated', timestamp, toDateTime64(0, 3, 'UTC'))) AS created,
@@ -147,7 +145,7 @@ SELECT order_id,
 FROM {events} WHERE event IN ('OrderCreated', 'OrderValidated', 'PaymentProcessed',
                               'InventoryReserved', 'OrderShipped', 'OrderDelivered')
 GROUP BY order_id
-""")
+""", ttl="toDateTime(last_event)")
 
 # Who was active each day, and whether they ordered or registered that day: the users figures
 # over whole days read this, and only the window's partial first and last days read events.
@@ -159,12 +157,11 @@ CREATE TABLE IF NOT EXISTS {db}.active_users (
     registered SimpleAggregateFunction(max, Bool)
 ) ENGINE = AggregatingMergeTree
 ORDER BY (day, user_id)
-TTL day + toIntervalDay({retention_days})
 """, """
 SELECT toDate(timestamp) AS day, user_id, max(event = 'OrderCreated') AS ordered,
        max(event = 'UserRegistered') AS registered
 FROM {events} WHERE user_id != '' GROUP BY day, user_id
-""")
+""", ttl="day")
 
 DERIVED = (ORDER_LINES, STOCK_LEVELS, FIRST_ORDERS, ORDER_PROGRESS, ACTIVE_USERS)
 
@@ -173,9 +170,8 @@ DERIVED = (ORDER_LINES, STOCK_LEVELS, FIRST_ORDERS, ORDER_PROGRESS, ACTIVE_USERS
 RETIRED = ["DROP VIEW IF EXISTS {db}.sales_by_minute_mv",
            "DROP TABLE IF EXISTS {db}.sales_by_minute"]
 
-TABLES_WITH_TTL = {"events": "toDateTime(timestamp)", "order_lines": "toDateTime(timestamp)",
-                   "stock_levels": "day", "order_progress": "toDateTime(last_event)",
-                   "active_users": "day"}
+# Retention, set by the ALTER that every start runs (so a new table gets it too).
+TABLES_WITH_TTL = {"events": "toDateTime(timestamp)"} | {d.table: d.ttl for d in DERIVED if d.ttl}
 
 
 def filled(sql: str, db: str, retention_days: int = 0) -> str:
@@ -188,7 +184,7 @@ def statements(db: str, retention_days: int) -> list[str]:
     ddl = ["CREATE DATABASE IF NOT EXISTS {db}", EVENTS, *RETIRED]
     for derived in DERIVED:
         ddl += [derived.create, derived.view()]
-    # A changed retention applies to existing tables too; old parts are trimmed as they merge.
+    # The retention, also when changed; existing parts are trimmed as they merge.
     ddl += [f"ALTER TABLE {{db}}.{table} MODIFY TTL {column} + toIntervalDay({{retention_days}})"
             " SETTINGS materialize_ttl_after_modify = 0"
             for table, column in TABLES_WITH_TTL.items()]
