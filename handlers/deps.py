@@ -1,7 +1,7 @@
 """What handlers receive by injection. The runtime puts the shared clients in the app context."""
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Protocol
 
 import asyncpg
 from faststream import Depends
@@ -12,6 +12,7 @@ from faststream.nats.broker import NatsBroker as _Broker
 from faststream.nats.message import NatsMessage as _Message
 
 from contracts.errors import Forbidden, Unauthorized
+from storage.outbox import OutboxRow
 from storage.ratelimits import LoginLimiter
 from storage.sessions import SessionInfo, Sessions
 
@@ -41,6 +42,15 @@ Db = Annotated[asyncpg.Connection, Depends(_connection, cast=False)]
 # wait could leave every connection waiting on a set that needs one.
 Pool = Annotated[asyncpg.Pool, Context("pool")]
 SessionStore = Annotated[Sessions, Context("sessions")]
+
+
+class Publisher(Protocol):
+    """Publishes outbox rows the caller has just committed (runtime.relay.OutboxRelay, one per
+    schema, in the context as `outbox.<schema>`); rows it could not publish wait for the sweep."""
+
+    async def send(self, rows: Sequence[OutboxRow]) -> None: ...
+
+
 LoginLimits = Annotated[LoginLimiter, Context("login_limiter")]
 
 

@@ -1,5 +1,7 @@
 """A handler set: its request-reply endpoints and event consumers, declared once at import time,
-and a factory that builds a fresh FastStream router from them for each app."""
+and a factory that builds a fresh FastStream router of its endpoints for each app.
+
+Event consumers are run by runtime.consumers, in batches (handlers.batches)."""
 
 import asyncio
 import contextlib
@@ -9,12 +11,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from faststream import AckPolicy
 from faststream.context import ContextRepo
-from faststream.nats import ConsumerConfig, JStream, NatsRouter, PullSub
-from nats.js.api import DeliverPolicy
+from faststream.nats import NatsRouter
 
-from contracts.events import STREAM
+from handlers.batches import BatchHandler
 
 Handler = Callable[..., Any]
 # Something a set runs beside its handlers (a cache client, a sweeper): entered once the shared
@@ -26,8 +26,8 @@ log = logging.getLogger("atlantic.chores")
 
 # Redelivery of a failing event: a few quick retries, then slower ones, then the dead-letter table.
 EVENT_MAX_DELIVER = 6
-# The first retry is quick: most failures are an event handled beside the one it follows (a
-# fetched batch runs concurrently), and that one is done within milliseconds.
+# The first retry is quick: most failures are an event that overtook the one it follows (the
+# sets and their replicas work concurrently), and that one lands within milliseconds.
 EVENT_BACKOFF_SECONDS = (0.05, 0.25, 1.0, 3.0, 10.0)
 
 
@@ -43,9 +43,11 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class EventConsumer:
-    subject: str
+    """A durable consumer of exactly the subjects its handler acts on."""
+
+    subjects: tuple[str, ...]
     durable: str
-    handler: Handler
+    handler: BatchHandler
     max_deliver: int = EVENT_MAX_DELIVER
     backoff: tuple[float, ...] = EVENT_BACKOFF_SECONDS
 
@@ -72,13 +74,16 @@ class HandlerSet:
 
         return register
 
-    def event(self, subject: str, durable: str, *, max_deliver: int = EVENT_MAX_DELIVER,
-              backoff: tuple[float, ...] = EVENT_BACKOFF_SECONDS) -> Callable[[Handler], Handler]:
-        """Declares a JetStream consumer: durable, pull, acked only after the handler returns;
-        a failing event is redelivered with backoff, then dead-lettered (runtime.deadletters)."""
+    def event(self, *subjects: str, durable: str, max_deliver: int = EVENT_MAX_DELIVER,
+              backoff: tuple[float, ...] = EVENT_BACKOFF_SECONDS,
+              ) -> Callable[[BatchHandler], BatchHandler]:
+        """Declares a durable JetStream consumer of these subjects, whose handler takes a batch
+        of events in one transaction (handlers.batches); each event is acked after the commit,
+        a failing one is redelivered with backoff, then dead-lettered (runtime.consumers)."""
 
-        def register(handler: Handler) -> Handler:
-            self.consumers.append(EventConsumer(subject, durable, handler, max_deliver, backoff))
+        def register(handler: BatchHandler) -> BatchHandler:
+            self.consumers.append(
+                EventConsumer(subjects, durable, handler, max_deliver, backoff))
             return handler
 
         return register
@@ -127,18 +132,4 @@ class HandlerSet:
             router.subscriber(endpoint.subject, queue=self.queue, max_workers=workers)(
                 endpoint.handler
             )
-        stream = JStream(STREAM, declare=False)
-        for consumer in self.consumers:
-            router.subscriber(
-                consumer.subject,
-                stream=stream,
-                durable=consumer.durable,
-                pull_sub=PullSub(batch_size=32, timeout=0.5),
-                ack_policy=AckPolicy.NACK_ON_ERROR,
-                config=ConsumerConfig(
-                    max_deliver=consumer.max_deliver,
-                    backoff=list(consumer.backoff[: consumer.max_deliver - 1]),
-                    deliver_policy=DeliverPolicy.ALL,
-                ),
-            )(consumer.handler)
         return router

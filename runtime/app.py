@@ -1,8 +1,9 @@
 """App assembly: a broker with the chosen handler sets, and the clients they share.
 
-Start-up order: connect, migrate, declare the stream, open the pools, enter each set's lifespans
-(on_startup); start the subscribers (FastStream); then the outbox relays and $SRV responders
-(after_startup). Shutdown runs it backwards, after FastStream has drained in-flight messages.
+Start-up order: connect, migrate, declare the stream, open the pools, enter each set's lifespans,
+start the outbox relays (on_startup); start the request subscribers (FastStream); then the event
+consumers (runtime.consumers) and $SRV responders (after_startup). Shutdown runs it backwards:
+requests in flight are answered, the batch each consumer holds is finished, then FastStream stops.
 """
 
 import asyncio
@@ -19,7 +20,7 @@ from redis.asyncio import Redis
 
 from handlers import HANDLER_SETS
 from handlers.handler_set import HandlerSet
-from runtime.deadletters import DeadLetters, RetryPolicy
+from runtime.consumers import BatchConsumer
 from runtime.errors import ErrorReplies, decode_json
 from runtime.micro import MicroService, StatsBook
 from runtime.relay import OutboxRelay
@@ -58,7 +59,8 @@ class AppResources:
         self.stats = StatsBook()
         self.pool: asyncpg.Pool | None = None
         self.redis: Redis | None = None
-        self.relays: list[OutboxRelay] = []
+        self.relays: dict[str, OutboxRelay] = {}
+        self.consumers: list[BatchConsumer] = []
         self.services: list[MicroService] = []
         self.lifespans = contextlib.AsyncExitStack()
 
@@ -74,9 +76,6 @@ class AppResources:
         context.set_global("pool", self.pool)
         context.set_global("redis", self.redis)
         context.set_global("endpoint_stats", self.stats)
-        context.set_global("event_retry", {
-            c.durable: RetryPolicy(c.max_deliver, c.backoff)
-            for hs in self.sets for c in hs.consumers})
         context.set_global("sessions", Sessions(
             self.redis, s.redis_prefix, idle_seconds=s.session_idle_seconds,
             absolute_seconds=s.session_absolute_seconds))
@@ -86,16 +85,27 @@ class AppResources:
         for hs in self.sets:
             for lifespan in hs.lifespans:
                 await self.lifespans.enter_async_context(lifespan(context))
+        js = self.broker.connection.jetstream()
+        for schema in sorted({hs.outbox_schema for hs in self.sets if hs.outbox_schema}):
+            relay = OutboxRelay(self.pool, s.postgres_dsn, js, schema,
+                                sweep_seconds=s.outbox_sweep_seconds,
+                                stale_seconds=s.outbox_stale_seconds,
+                                retention_hours=s.outbox_retention_hours)
+            await relay.start()  # before the first request, which may hand it rows
+            self.relays[schema] = relay
+        context.set_global("outbox", self.relays)
 
     async def start_background(self) -> None:
         nc = self.broker.connection
         js = nc.jetstream()
-        for schema in sorted({hs.outbox_schema for hs in self.sets if hs.outbox_schema}):
-            relay = OutboxRelay(self.pool, self.settings.postgres_dsn, js, schema,
-                                sweep_seconds=self.settings.outbox_sweep_seconds,
-                                retention_hours=self.settings.outbox_retention_hours)
-            await relay.start()
-            self.relays.append(relay)
+        for hs in self.sets:
+            for consumer in hs.consumers:
+                batches = BatchConsumer(
+                    consumer, hs.outbox_schema, nc=nc, js=js, pool=self.pool,
+                    relay=self.relays.get(hs.outbox_schema or ""), context=self.app.context,
+                    linger=self.settings.event_batch_linger_seconds)
+                await batches.start()
+                self.consumers.append(batches)
         for hs in self.sets:
             service = MicroService(hs, self.stats)
             await service.start(nc)
@@ -103,10 +113,12 @@ class AppResources:
         log.info("atlantic running: %s", ", ".join(hs.name for hs in self.sets))
 
     async def stop_background(self) -> None:
+        await asyncio.gather(*(c.stop(self.settings.graceful_timeout_seconds)
+                               for c in self.consumers))
         await self._finish_delivered_requests()
         for service in self.services:
             await service.stop()
-        for relay in self.relays:
+        for relay in self.relays.values():
             await relay.stop()
 
     async def _finish_delivered_requests(self) -> None:
@@ -145,7 +157,7 @@ def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> Fas
     broker = NatsBroker(
         settings.nats_url,
         name=f"atlantic[{','.join(hs.name for hs in sets)}]",
-        middlewares=[ErrorReplies, DeadLetters],
+        middlewares=[ErrorReplies],
         decoder=decode_json,
         graceful_timeout=settings.graceful_timeout_seconds,
         log_level=logging.DEBUG,  # per-message access logs only when asked for

@@ -1,10 +1,11 @@
 """The AsyncAPI 3.0 document of every handler set: what FastStream generates, plus what it omits.
 
 FastStream 0.7 documents each subscriber and its request schema, but not what a handler replies
-(FastStream issue #1586) nor the events the outbox publishes. This module adds a `reply` to every
-request-reply operation (the handler's return model, or the error reply) and a channel with a
-send operation for every event. Reply and event schemas are the serialization form: camelCase,
-every field present, as a client receives them.
+(FastStream issue #1586), nor the events the outbox publishes, nor the event consumers (they run
+below FastStream: runtime.consumers). This module adds a `reply` to every request-reply operation
+(the handler's return model, or the error reply), a channel with a send operation for every
+event, and a receive operation for every subject each durable consumer takes. Reply and event
+schemas are the serialization form: camelCase, every field present, as a client receives them.
 
 `python -m runtime.asyncapi [out_dir]` (or `atlantic docs`) writes docs/asyncapi.json and .yaml.
 """
@@ -27,7 +28,7 @@ import contracts
 from contracts.errors import AtlanticError, ErrorReply
 from contracts.events import STREAM, Event
 from handlers import HANDLER_SETS
-from handlers.handler_set import Endpoint, HandlerSet
+from handlers.handler_set import Endpoint, EventConsumer, HandlerSet
 from runtime.app import build_app
 from runtime.settings import Settings
 
@@ -77,6 +78,9 @@ def build_document() -> dict[str, Any]:
         _patch_operations(doc, hs, {e.subject: names[replies[e]] for e in hs.endpoints})
     for event in events:
         _add_event(doc, event, names[event])
+    for hs in sets:
+        for consumer in hs.consumers:
+            _add_consumer(doc, hs, consumer)
     return doc
 
 
@@ -212,6 +216,22 @@ def _add_event(doc: dict[str, Any], event: type[Event], name: str) -> None:
         "messages": [ref("channels", event.subject, "messages", m)
                      for m in sorted(channel["messages"])],
     }
+
+
+def _add_consumer(doc: dict[str, Any], hs: HandlerSet, consumer: EventConsumer) -> None:
+    about = " ".join((consumer.handler.__doc__ or "").split())
+    for subject in consumer.subjects:
+        channel = doc["channels"][subject]
+        doc["operations"][f"{subject}:{consumer.durable}"] = {
+            "action": "receive",
+            "channel": ref("channels", subject),
+            "messages": [ref("channels", subject, "messages", m)
+                         for m in sorted(channel["messages"])],
+            "summary": about,
+            "description": f"Durable consumer `{consumer.durable}` on the {STREAM} stream; its "
+                           "events are applied in batches, each event once, acked after commit.",
+            "tags": [{"name": hs.name}],
+        }
 
 
 if __name__ == "__main__":

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # insert.
     analytics_ack_wait_seconds: float = Field(60.0, ge=1)
 
+    # Event consumers apply what arrived while they worked as one batch; a batch that starts
+    # small waits this long for company (fewer transactions, at this much latency per hop).
+    event_batch_linger_seconds: float = Field(0.01, ge=0, le=1)
+
     request_workers: int = Field(32, ge=1, le=1024)
     graceful_timeout_seconds: float = Field(15.0, ge=0)
 

@@ -290,85 +290,48 @@ async def _lines(db: asyncpg.Connection, order_id: str) -> dict[str, int]:
     return {r["product_id"]: r["quantity"] for r in rows}
 
 
-async def _lock_hold(db: asyncpg.Connection, order_id: str) -> tuple[HoldState, bool] | None:
-    """The hold's state and whether its expiry has passed, locked for this transaction."""
-    row = await db.fetchrow("SELECT state, expires_at <= now() AS expired FROM catalog.holds"
-                            " WHERE order_id = $1 FOR UPDATE", order_id)
-    return (row["state"], row["expired"]) if row else None
+@dataclass(slots=True)
+class _Stock:
+    """A locked product row's figures, as the batch leaves them."""
+
+    active: bool
+    on_hand: int
+    held: int
+    reserved: int
+    threshold: int
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.held - self.reserved
 
 
-async def _set_state(db: asyncpg.Connection, order_id: str, state: HoldState) -> None:
-    await db.execute("UPDATE catalog.holds SET state = $2, updated_at = now()"
-                     " WHERE order_id = $1", order_id, state)
+@dataclass(slots=True)
+class _Hold:
+    state: HoldState
+    expired: bool
+    lines: dict[str, int]
+    expires_in: float = 0.0  # for a hold this batch creates: seconds from now
 
 
-def _shortfalls(wanted: dict[str, int], stock: dict[str, Any], *, for_sale: bool = True
+class ConcurrentChange(Exception):
+    """Another transaction created a hold this batch took for new; the batch is retried."""
+
+    routine = True  # two replicas on one order's events at once: logged at INFO
+
+
+def _shortfalls(wanted: dict[str, int], stock: dict[str, _Stock], *, for_sale: bool = True
                 ) -> list[str]:
     errors = []
     for product_id, quantity in wanted.items():
         row = stock.get(product_id)
         if row is None:
             errors.append(f"product {product_id} does not exist")
-        elif for_sale and not row["active"]:
+        elif for_sale and not row.active:
             errors.append(f"product {product_id} is not for sale")
-        elif row["available"] < quantity:
+        elif row.available < quantity:
             errors.append(f"product {product_id}: {quantity} requested,"
-                          f" {max(row['available'], 0)} available")
+                          f" {max(row.available, 0)} available")
     return errors
-
-
-async def place_hold(db: asyncpg.Connection, order_id: str, items: Iterable[tuple[str, int]],
-                     hold_seconds: float) -> HoldVerdict | None:
-    """Checks an order's items and holds their stock until the expiry. None when this order was
-    already decided (a duplicate OrderCreated, or a cancel that arrived first).
-    Call inside a transaction."""
-    claimed = await db.fetchval(
-        "INSERT INTO catalog.holds (order_id, state, expires_at)"
-        " VALUES ($1, 'held', now() + make_interval(secs => $2))"
-        " ON CONFLICT (order_id) DO NOTHING RETURNING true",
-        order_id, hold_seconds)
-    if not claimed:
-        return None
-    wanted: Counter[str] = Counter()
-    for product_id, quantity in items:
-        wanted[product_id] += quantity
-    if errors := _shortfalls(dict(sorted(wanted.items())), await _lock_products(db, wanted)):
-        await _set_state(db, order_id, "rejected")
-        return HoldVerdict(errors)
-    await db.execute(
-        "INSERT INTO catalog.hold_lines (order_id, product_id, quantity)"
-        " SELECT $1, * FROM unnest($2::text[], $3::int[])",
-        order_id, list(wanted), list(wanted.values()))
-    return HoldVerdict([], await _shift(db, order_id, held=1))
-
-
-async def reserve(db: asyncpg.Connection, order_id: str) -> Transition:
-    """Payment succeeded: the hold becomes a reservation. A hold past its expiry has released
-    its stock (or is about to); the order gets it back if it is still available, else the
-    hold ends `failed`."""
-    found = await _lock_hold(db, order_id)
-    if found is None:
-        return Transition(None, None)
-    state, expired = found
-    if state == "held" and not expired:
-        await _lock_products(db, await _lines(db, order_id))
-        change = await _shift(db, order_id, held=-1, reserved=1)
-        await _set_state(db, order_id, "reserved")
-        return Transition(state, "reserved", change)
-    if state not in ("held", "expired"):
-        return Transition(state, state)
-    lines = await _lines(db, order_id)
-    stock = await _lock_products(db, lines)
-    if state == "held":  # expired but not yet swept: give the stock back first
-        await _shift(db, order_id, held=-1)
-        stock = await _lock_products(db, lines)
-    # Paid for already: only the stock counts now, not whether the product is still listed.
-    if _shortfalls(lines, stock, for_sale=False):
-        await _set_state(db, order_id, "failed")
-        return Transition(state, "failed", StockChange(sorted(lines.items())))
-    change = await _shift(db, order_id, reserved=1)
-    await _set_state(db, order_id, "reserved")
-    return Transition(state, "reserved", change)
 
 
 # What each release-like event does, by the hold's state: the columns to move and the new state.
@@ -381,43 +344,186 @@ _MOVES: dict[str, dict[str, tuple[dict[str, int], HoldState]]] = {
 }
 
 
-async def _move(db: asyncpg.Connection, order_id: str, event: str) -> Transition:
-    found = await _lock_hold(db, order_id)
-    if found is None:
-        return Transition(None, None)
-    state = found[0]
-    if state not in _MOVES[event]:
-        return Transition(state, state)
-    columns, after = _MOVES[event][state]
-    change = StockChange()
-    if columns:
-        await _lock_products(db, await _lines(db, order_id))
-        change = await _shift(db, order_id, **columns)
-    await _set_state(db, order_id, after)
-    return Transition(state, after, change)
+class StockBook:
+    """The holds of a batch's orders and the stock of their products, locked for one
+    transaction and changed in memory, event by event in order; `write` stores the outcome in
+    one statement. Locks are taken holds first, then products, each in id order, as the
+    sweeper and stock adjustments take them, so two transactions never wait on each other in a
+    cycle."""
+
+    def __init__(self, holds: dict[str, _Hold], stock: dict[str, _Stock]):
+        self.holds, self.stock = holds, stock
+        self._before = {h: hold.state for h, hold in holds.items()}
+        self._moved: dict[str, list[int]] = {}  # product -> [on_hand, held, reserved] deltas
+        self.touched: set[str] = set()
+
+    @classmethod
+    async def open(cls, db: asyncpg.Connection, order_ids: Iterable[str],
+                   product_ids: Iterable[str] = ()) -> "StockBook":
+        """Locks the orders' holds and every product they or `product_ids` name."""
+        order_ids = sorted(set(order_ids))
+        rows = await db.fetch(
+            "SELECT h.order_id, h.state, h.expires_at <= now() AS expired,"
+            " coalesce(array_agg(l.product_id ORDER BY l.product_id)"
+            "  FILTER (WHERE l.product_id IS NOT NULL), '{}') AS products,"
+            " coalesce(array_agg(l.quantity ORDER BY l.product_id)"
+            "  FILTER (WHERE l.product_id IS NOT NULL), '{}') AS quantities"
+            " FROM (SELECT * FROM catalog.holds WHERE order_id = ANY($1::text[])"
+            "       ORDER BY order_id FOR UPDATE) h"
+            " LEFT JOIN catalog.hold_lines l ON l.order_id = h.order_id"
+            " GROUP BY h.order_id, h.state, h.expires_at", order_ids)
+        holds = {r["order_id"]: _Hold(r["state"], r["expired"],
+                                      dict(zip(r["products"], r["quantities"], strict=True)))
+                 for r in rows}
+        wanted = {*product_ids, *(p for hold in holds.values() for p in hold.lines)}
+        stock = await db.fetch(
+            "SELECT id, active, on_hand, held, reserved, low_stock_threshold"
+            " FROM catalog.products WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+            sorted(wanted))
+        return cls(holds, {r["id"]: _Stock(*list(r.values())[1:]) for r in stock})
+
+    # -- the moves, in memory --------------------------------------------------------------------
+
+    def place_hold(self, order_id: str, items: Iterable[tuple[str, int]],
+                   hold_seconds: float) -> HoldVerdict | None:
+        """Checks an order's items and holds their stock until the expiry. None when this order
+        was already decided (a duplicate OrderCreated, or a cancel that arrived first)."""
+        if order_id in self.holds:
+            return None
+        wanted: Counter[str] = Counter()
+        for product_id, quantity in items:
+            wanted[product_id] += quantity
+        if errors := _shortfalls(dict(sorted(wanted.items())), self.stock):
+            self.holds[order_id] = _Hold("rejected", False, {}, hold_seconds)
+            return HoldVerdict(errors)
+        self.holds[order_id] = _Hold("held", False, dict(sorted(wanted.items())), hold_seconds)
+        return HoldVerdict([], self._shift(order_id, held=1))
+
+    def reserve(self, order_id: str) -> Transition:
+        """Payment succeeded: the hold becomes a reservation. A hold past its expiry has released
+        its stock (or is about to); the order gets it back if it is still available, else the
+        hold ends `failed`."""
+        hold = self.holds.get(order_id)
+        if hold is None:
+            return Transition(None, None)
+        state = hold.state
+        if state == "held" and not hold.expired:
+            return self._set(order_id, "reserved", self._shift(order_id, held=-1, reserved=1))
+        if state not in ("held", "expired"):
+            return Transition(state, state)
+        if state == "held":  # expired but not yet swept: give the stock back first
+            self._shift(order_id, held=-1)
+        # Paid for already: only the stock counts now, not whether the product is still listed.
+        if _shortfalls(hold.lines, self.stock, for_sale=False):
+            return self._set(order_id, "failed", StockChange(sorted(hold.lines.items())))
+        return self._set(order_id, "reserved", self._shift(order_id, reserved=1))
+
+    def move(self, order_id: str, event: str) -> Transition:
+        """A release-like event (see _MOVES); a cancel that overtakes its OrderCreated leaves a
+        `cancelled` mark, so the late OrderCreated holds nothing."""
+        hold = self.holds.get(order_id)
+        if hold is None:
+            if event != "cancel":
+                return Transition(None, None)
+            hold = self.holds[order_id] = _Hold("cancelled", True, {})
+        if hold.state not in _MOVES[event]:
+            return Transition(hold.state, hold.state)
+        columns, after = _MOVES[event][hold.state]
+        return self._set(order_id, after, self._shift(order_id, **columns) if columns
+                         else StockChange())
+
+    def _set(self, order_id: str, state: HoldState, change: StockChange) -> Transition:
+        hold = self.holds[order_id]
+        before, hold.state = hold.state, state
+        return Transition(before, state, change)
+
+    def _shift(self, order_id: str, *, on_hand: int = 0, held: int = 0,
+               reserved: int = 0) -> StockChange:
+        """Moves each of the order's line quantities between the stock columns."""
+        taken = -(on_hand - held - reserved)  # how much available stock each unit took
+        low: list[LowStock] = []
+        lines = sorted(self.holds[order_id].lines.items())
+        for product_id, quantity in lines:
+            row = self.stock[product_id]
+            row.on_hand += on_hand * quantity
+            row.held += held * quantity
+            row.reserved += reserved * quantity
+            moved = self._moved.setdefault(product_id, [0, 0, 0])
+            moved[0] += on_hand * quantity
+            moved[1] += held * quantity
+            moved[2] += reserved * quantity
+            low += _fell_below(product_id, row.available, taken * quantity, row.threshold)
+            self.touched.add(product_id)
+        return StockChange(lines, low)
+
+    # -- the outcome, stored ---------------------------------------------------------------------
+
+    async def write(self, db: asyncpg.Connection) -> None:
+        """New holds with their lines, the states that changed, and the stock moved."""
+        new = sorted(o for o in self.holds if o not in self._before)
+        changed = sorted(o for o, before in self._before.items()
+                         if self.holds[o].state != before)
+        lines = [(o, p, q) for o in new for p, q in self.holds[o].lines.items()]
+        moved = sorted((p, m) for p, m in self._moved.items() if any(m))
+        inserted = await db.fetchval(
+            "WITH added AS (INSERT INTO catalog.holds (order_id, state, expires_at)"
+            "  SELECT o, s, now() + make_interval(secs => e)"
+            "  FROM unnest($1::text[], $2::text[], $3::float8[]) AS n(o, s, e)"
+            "  ON CONFLICT DO NOTHING RETURNING 1),"
+            " lines AS (INSERT INTO catalog.hold_lines (order_id, product_id, quantity)"
+            "  SELECT * FROM unnest($4::text[], $5::text[], $6::int[])),"
+            " states AS (UPDATE catalog.holds h SET state = u.state, updated_at = now()"
+            "  FROM unnest($7::text[], $8::text[]) AS u(order_id, state)"
+            "  WHERE h.order_id = u.order_id),"
+            " stock AS (UPDATE catalog.products p SET on_hand = p.on_hand + m.on_hand,"
+            "  held = p.held + m.held, reserved = p.reserved + m.reserved"
+            "  FROM unnest($9::text[], $10::int[], $11::int[], $12::int[])"
+            "   AS m(id, on_hand, held, reserved) WHERE p.id = m.id)"
+            " SELECT count(*) FROM added",
+            new, [self.holds[o].state for o in new], [self.holds[o].expires_in for o in new],
+            [o for o, _, _ in lines], [p for _, p, _ in lines], [q for _, _, q in lines],
+            changed, [self.holds[o].state for o in changed],
+            [p for p, _ in moved], *([m[i] for _, m in moved] for i in range(3)))
+        if inserted != len(new):
+            raise ConcurrentChange(f"{len(new) - inserted} holds were created meanwhile")
+
+
+async def _one(db: asyncpg.Connection, order_id: str, move: Any,
+               product_ids: Iterable[str] = ()) -> Any:
+    """One event through a book of its own. Call inside a transaction."""
+    book = await StockBook.open(db, [order_id], product_ids)
+    outcome = move(book)
+    await book.write(db)
+    return outcome
+
+
+async def place_hold(db: asyncpg.Connection, order_id: str, items: Iterable[tuple[str, int]],
+                     hold_seconds: float) -> HoldVerdict | None:
+    items = list(items)
+    return await _one(db, order_id, lambda book: book.place_hold(order_id, items, hold_seconds),
+                      [p for p, _ in items])
+
+
+async def reserve(db: asyncpg.Connection, order_id: str) -> Transition:
+    return await _one(db, order_id, lambda book: book.reserve(order_id))
 
 
 async def release_after_failed_payment(db: asyncpg.Connection, order_id: str) -> Transition:
-    return await _move(db, order_id, "payment_failed")
+    return await _one(db, order_id, lambda book: book.move(order_id, "payment_failed"))
 
 
 async def cancel(db: asyncpg.Connection, order_id: str) -> Transition:
-    """Releases whatever the order holds or reserves. A cancel that overtakes its OrderCreated
-    leaves a `cancelled` mark, so the late OrderCreated holds nothing."""
-    await db.execute(
-        "INSERT INTO catalog.holds (order_id, state, expires_at) VALUES ($1, 'cancelled', now())"
-        " ON CONFLICT (order_id) DO NOTHING", order_id)
-    return await _move(db, order_id, "cancel")
+    return await _one(db, order_id, lambda book: book.move(order_id, "cancel"))
 
 
 async def ship(db: asyncpg.Connection, order_id: str) -> Transition:
     """The reserved stock leaves the warehouse: it leaves on-hand stock too."""
-    return await _move(db, order_id, "ship")
+    return await _one(db, order_id, lambda book: book.move(order_id, "ship"))
 
 
 async def restock(db: asyncpg.Connection, order_id: str) -> Transition:
     """Returned items go back on the shelf."""
-    return await _move(db, order_id, "return")
+    return await _one(db, order_id, lambda book: book.move(order_id, "return"))
 
 
 async def release_expired(db: asyncpg.Connection, *, limit: int) -> list[str]:

@@ -1,17 +1,44 @@
 """The inbox: a consumer records each event it handled in the same transaction as its effects,
 so a redelivered event finds its mark and changes nothing."""
 
+from collections.abc import Sequence
+
 import asyncpg
+
+from contracts.events import Event
+from storage import outbox
+from storage.outbox import OutboxRow
+
+
+def _table(schema: str) -> str:
+    if not schema.isidentifier():
+        raise ValueError(f"bad schema name {schema!r}")
+    return f"{schema}.inbox"
 
 
 async def first_time(db: asyncpg.Connection, schema: str, consumer: str, event_id: str) -> bool:
     """True when this consumer has not seen the event; records it. Call inside the transaction."""
-    if not schema.isidentifier():
-        raise ValueError(f"bad schema name {schema!r}")
     inserted = await db.fetchval(
-        f"INSERT INTO {schema}.inbox (consumer, event_id) VALUES ($1, $2)"
-        " ON CONFLICT DO NOTHING RETURNING true",
-        consumer,
-        event_id,
-    )
+        f"INSERT INTO {_table(schema)} (consumer, event_id) VALUES ($1, $2)"
+        " ON CONFLICT DO NOTHING RETURNING true", consumer, event_id)
     return bool(inserted)
+
+
+async def record_batch(db: asyncpg.Connection, schema: str, consumer: str,
+                       event_ids: Sequence[str], emitted: Sequence[Event],
+                       ) -> tuple[set[str], list[OutboxRow]]:
+    """Marks a batch's events as handled and queues what it emitted, in one statement (the
+    caller publishes the rows once committed). Returns the events that were marked already (by
+    an earlier delivery, or a replica's transaction this one waited for) with the rows: when
+    there are any, the caller must roll back and apply the batch again without them. Sorted,
+    so two transactions waiting on each other's marks never form a cycle."""
+    rows = outbox.rows(emitted)
+    marked = await db.fetchval(
+        f"WITH marked AS (INSERT INTO {_table(schema)} (consumer, event_id)"
+        "  SELECT $1, id FROM unnest($2::text[]) AS id ORDER BY id"
+        "  ON CONFLICT DO NOTHING RETURNING event_id),"
+        f" queued AS (INSERT INTO {outbox.table(schema)} (event_id, subject, payload)"
+        "  SELECT * FROM unnest($3::text[], $4::text[], $5::bytea[]))"
+        " SELECT coalesce(array_agg(event_id), '{}') FROM marked",
+        consumer, sorted(event_ids), *outbox.columns(rows))
+    return set(event_ids) - set(marked), rows

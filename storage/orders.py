@@ -2,14 +2,16 @@
 
 import base64
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
 
-from contracts.events import OrderItem
+from contracts.events import Event, OrderItem
 from contracts.orders import Order, OrderStatus, OrderSummary, Shipment, StatusChange
+from storage import outbox
 from storage.postgres import assignments
 
 
@@ -24,31 +26,43 @@ class OrderRow:
     delivered_at: datetime | None
 
 
-async def insert(db: asyncpg.Connection, order_id: str, customer_id: str,
-                 items: list[OrderItem], total: Decimal) -> None:
-    await db.execute(
-        "INSERT INTO orders.orders (id, customer_id, status, total_price)"
-        " VALUES ($1, $2, 'CREATED', $3)", order_id, customer_id, total)
-    await db.executemany(
-        "INSERT INTO orders.order_items (order_id, product_id, quantity, price)"
-        " VALUES ($1, $2, $3, $4)",
-        [(order_id, i.product_id, i.quantity, i.price) for i in items])
-    await db.execute(
-        "INSERT INTO orders.history (order_id, status) VALUES ($1, 'CREATED')", order_id)
+@dataclass(frozen=True)
+class Placed:
+    """A new order's timestamps, or, when its Idempotency-Key was taken, the first order's."""
+
+    created_at: datetime | None = None
+    history_at: datetime | None = None
+    first: tuple[str, str] | None = None  # (order_id, request_hash) stored under the key
 
 
-async def remember_key(db: asyncpg.Connection, customer_id: str, key: str, request_hash: str,
-                       order_id: str) -> tuple[str, str]:
-    """Stores the key, or returns the (order_id, request_hash) a first request stored under it."""
+async def place(db: asyncpg.Connection, order_id: str, customer_id: str,
+                items: list[OrderItem], total: Decimal, created: Event, *,
+                key: str | None = None, request_hash: str = "") -> Placed:
+    """The order, its lines, its first history row, its idempotency key and its OrderCreated
+    outbox row, in one statement (the caller publishes the row once it returns). When another
+    request stored the same key first, nothing is written and that request's order is named."""
+    [queued] = outbox.rows([created])
     row = await db.fetchrow(
-        "INSERT INTO orders.idempotency_keys (customer_id, key, request_hash, order_id)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING order_id, request_hash",
-        customer_id, key, request_hash, order_id)
-    if row is None:
-        row = await db.fetchrow(
-            "SELECT order_id, request_hash FROM orders.idempotency_keys"
-            " WHERE customer_id = $1 AND key = $2", customer_id, key)
-    return row["order_id"], row["request_hash"]
+        "WITH claimed AS (INSERT INTO orders.idempotency_keys"
+        "  (customer_id, key, request_hash, order_id)"
+        "  SELECT $2, $7, $8, $1 WHERE $7::text IS NOT NULL ON CONFLICT DO NOTHING RETURNING 1),"
+        " go AS (SELECT WHERE $7::text IS NULL OR EXISTS (SELECT FROM claimed)),"
+        " placed AS (INSERT INTO orders.orders (id, customer_id, status, total_price)"
+        "  SELECT $1, $2, 'CREATED', $3 FROM go RETURNING created_at),"
+        " lines AS (INSERT INTO orders.order_items (order_id, product_id, quantity, price)"
+        "  SELECT $1, * FROM unnest($4::text[], $5::int[], $6::numeric[]) WHERE EXISTS"
+        "  (SELECT FROM go)),"
+        " history AS (INSERT INTO orders.history (order_id, status)"
+        "  SELECT $1, 'CREATED' FROM go RETURNING at),"
+        " queued AS (INSERT INTO orders.outbox (event_id, subject, payload)"
+        "  SELECT $9, $10, $11 FROM go)"
+        " SELECT (SELECT created_at FROM placed), (SELECT at FROM history)",
+        order_id, customer_id, total, [i.product_id for i in items],
+        [i.quantity for i in items], [i.price for i in items], key, request_hash,
+        queued.event_id, queued.subject, queued.payload)
+    if row["created_at"] is not None:
+        return Placed(row["created_at"], row["at"])
+    return Placed(first=await find_key(db, customer_id, key))
 
 
 async def find_key(db: asyncpg.Connection | asyncpg.Pool, customer_id: str,
@@ -59,12 +73,69 @@ async def find_key(db: asyncpg.Connection | asyncpg.Pool, customer_id: str,
     return (row["order_id"], row["request_hash"]) if row else None
 
 
+_ROW = "id, customer_id, status, total_price, paid_amount, refunded_amount, delivered_at"
+
+
 async def lock(db: asyncpg.Connection, order_id: str) -> OrderRow | None:
     """The order's row, locked until the transaction ends: one change at a time per order."""
-    row = await db.fetchrow(
-        "SELECT id, customer_id, status, total_price, paid_amount, refunded_amount, delivered_at"
-        " FROM orders.orders WHERE id = $1 FOR UPDATE", order_id)
+    row = await db.fetchrow(f"SELECT {_ROW} FROM orders.orders WHERE id = $1 FOR UPDATE",
+                            order_id)
     return OrderRow(*row.values()) if row else None
+
+
+async def lock_many(db: asyncpg.Connection, order_ids: Iterable[str]) -> dict[str, OrderRow]:
+    """The orders that exist among these, locked in id order (so two batches never deadlock)."""
+    rows = await db.fetch(f"SELECT {_ROW} FROM orders.orders WHERE id = ANY($1::text[])"
+                          " ORDER BY id FOR UPDATE", sorted(set(order_ids)))
+    return {r["id"]: OrderRow(*r.values()) for r in rows}
+
+
+@dataclass
+class SagaChanges:
+    """What a batch of saga events does to orders; `write_changes` writes it in one statement."""
+
+    status: dict[str, OrderStatus] = field(default_factory=dict)  # where each order ends up
+    paid: dict[str, Decimal] = field(default_factory=dict)  # what the provider charged
+    refunded: dict[str, Decimal] = field(default_factory=dict)  # refunds to add
+    cancellation_reason: dict[str, str | None] = field(default_factory=dict)
+    history: list[tuple[str, OrderStatus, str | None]] = field(default_factory=list)
+    ignored: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+
+    def move(self, order_id: str, status: OrderStatus, note: str | None) -> None:
+        self.status[order_id] = status
+        self.history.append((order_id, status, note))
+
+    def ignore(self, event_id: str, order_id: str, event: str, status_then: str,
+               reason: str) -> None:
+        self.ignored.append((event_id, order_id, event, status_then, reason))
+
+    def refund(self, order_id: str, amount: Decimal) -> None:
+        self.refunded[order_id] = self.refunded.get(order_id, Decimal(0)) + amount
+
+
+async def write_changes(db: asyncpg.Connection, changes: SagaChanges) -> None:
+    """Statuses, amounts, history rows (in the order they happened) and ignored events."""
+    ids = sorted({*changes.status, *changes.paid, *changes.refunded})
+    history = [list(c) for c in zip(*changes.history, strict=True)] or [[], [], []]
+    ignored = [list(c) for c in zip(*changes.ignored, strict=True)] or [[], [], [], [], []]
+    await db.execute(
+        "WITH moved AS ("
+        "  UPDATE orders.orders o SET status = coalesce(u.status, o.status),"
+        "   paid_amount = coalesce(u.paid, o.paid_amount),"
+        "   refunded_amount = o.refunded_amount + coalesce(u.refunded, 0),"
+        "   cancellation_reason = coalesce(u.reason, o.cancellation_reason), updated_at = now()"
+        "  FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[], $5::text[])"
+        "   AS u(id, status, paid, refunded, reason) WHERE o.id = u.id),"
+        " history AS (INSERT INTO orders.history (order_id, status, note)"
+        "  SELECT * FROM unnest($6::text[], $7::text[], $8::text[])),"
+        " ignored AS (INSERT INTO orders.ignored_events"
+        "  (event_id, order_id, event, status_then, reason)"
+        "  SELECT * FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[])"
+        "  ON CONFLICT DO NOTHING)"
+        " SELECT 1",
+        ids, [changes.status.get(i) for i in ids], [changes.paid.get(i) for i in ids],
+        [changes.refunded.get(i) for i in ids],
+        [changes.cancellation_reason.get(i) for i in ids], *history, *ignored)
 
 
 _SETTABLE = {"paid_amount", "shipment_id", "carrier", "tracking_number", "cancellation_reason",

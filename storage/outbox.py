@@ -1,8 +1,8 @@
 """The transactional outbox: an event is written in the same transaction as the state it reports.
 
-Every writing schema has an `outbox` table of the same shape. `add` inserts the row and a NOTIFY
-that PostgreSQL delivers only on commit, so the relay wakes exactly when there is something
-committed to publish.
+Every writing schema has an `outbox` table of the same shape. `add` inserts the rows and, unless
+the caller publishes them itself once committed, a NOTIFY that PostgreSQL delivers only on
+commit, so the relay wakes exactly when there is something committed to publish.
 """
 
 from collections.abc import Sequence
@@ -22,22 +22,34 @@ class OutboxRow:
     payload: bytes
 
 
-def _table(schema: str) -> str:
+def table(schema: str) -> str:
     if not schema.isidentifier():
         raise ValueError(f"bad schema name {schema!r}")
     return f"{schema}.outbox"
 
 
-async def add(db: asyncpg.Connection, schema: str, *events: Event) -> None:
+def rows(events: Sequence[Event]) -> list[OutboxRow]:
+    return [OutboxRow(e.event_id, e.subject, e.model_dump_json().encode()) for e in events]
+
+
+def columns(rows: Sequence[OutboxRow]) -> tuple[list[str], list[str], list[bytes]]:
+    """The rows as the three arrays an `unnest($n::text[], $n::text[], $n::bytea[])` takes."""
+    return [r.event_id for r in rows], [r.subject for r in rows], [r.payload for r in rows]
+
+
+async def add(db: asyncpg.Connection, schema: str, *events: Event,
+              notify: bool = True) -> list[OutboxRow]:
     """Queues events for publication; call inside the transaction that makes the change.
-    One round trip: the rows and the NOTIFY go in one statement."""
+    One round trip: the rows and the NOTIFY go in one statement. `notify=False` when the caller
+    publishes the returned rows itself after the commit (the sweep covers a crash before)."""
+    queued = rows(events)
     await db.execute(
-        f"WITH queued AS (INSERT INTO {_table(schema)} (event_id, subject, payload)"
+        f"WITH queued AS (INSERT INTO {table(schema)} (event_id, subject, payload)"
         "  SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]))"
-        " SELECT pg_notify($4, $5)",
-        [e.event_id for e in events], [e.subject for e in events],
-        [e.model_dump_json().encode() for e in events], CHANNEL, schema,
+        " SELECT pg_notify($5, $6) WHERE $4",
+        *columns(queued), notify, CHANNEL, schema,
     )
+    return queued
 
 
 async def claim_unpublished(
@@ -45,7 +57,7 @@ async def claim_unpublished(
 ) -> list[OutboxRow]:
     """Locks a batch of unpublished rows for this relay; other relays skip them."""
     rows = await db.fetch(
-        f"SELECT event_id, subject, payload FROM {_table(schema)}"
+        f"SELECT event_id, subject, payload FROM {table(schema)}"
         " WHERE published_at IS NULL"
         "   AND created_at <= clock_timestamp() - make_interval(secs => $2)"
         " ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -57,7 +69,7 @@ async def claim_unpublished(
 
 async def mark_published(db: asyncpg.Connection, schema: str, event_ids: Sequence[str]) -> None:
     await db.execute(
-        f"UPDATE {_table(schema)} SET published_at = clock_timestamp()"
+        f"UPDATE {table(schema)} SET published_at = clock_timestamp()"
         " WHERE event_id = ANY($1::text[])",
         list(event_ids),
     )
@@ -65,11 +77,11 @@ async def mark_published(db: asyncpg.Connection, schema: str, event_ids: Sequenc
 
 async def delete_published(db: asyncpg.Connection, schema: str, *, older_than_hours: int) -> int:
     status = await db.execute(
-        f"DELETE FROM {_table(schema)} WHERE published_at < now() - make_interval(hours => $1)",
+        f"DELETE FROM {table(schema)} WHERE published_at < now() - make_interval(hours => $1)",
         older_than_hours,
     )
     return int(status.split()[-1])
 
 
 async def unpublished_count(db: asyncpg.Connection, schema: str) -> int:
-    return await db.fetchval(f"SELECT count(*) FROM {_table(schema)} WHERE published_at IS NULL")
+    return await db.fetchval(f"SELECT count(*) FROM {table(schema)} WHERE published_at IS NULL")

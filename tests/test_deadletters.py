@@ -5,11 +5,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from conftest import RUN_ID, eventually
-from faststream.nats.annotations import NatsMessage
 from pydantic import BaseModel
 
 from contracts.base import new_id
 from handlers import HANDLER_SETS
+from handlers.batches import EventBatch
 from handlers.handler_set import HandlerSet
 from runtime.app import build_app
 from storage import deadletters
@@ -27,12 +27,12 @@ class Ping(BaseModel):
 probe = HandlerSet("probe", "a consumer for these tests")
 
 
-@probe.event(PROBE_SUBJECT, DURABLE, max_deliver=3, backoff=(0.1, 0.1))
-async def on_ping(ping: Ping, msg: NatsMessage) -> None:
-    delivered = msg.raw_message.metadata.num_delivered
-    if delivered <= ping.fail_times:
-        raise RuntimeError(f"transient failure on delivery {delivered}")
-    handled.append(ping.n)
+@probe.event(PROBE_SUBJECT, durable=DURABLE, max_deliver=3, backoff=(0.1, 0.1))
+async def on_ping(batch: EventBatch[Ping]) -> None:
+    for delivery in batch.deliveries:
+        if delivery.attempt <= delivery.event.fail_times:
+            raise RuntimeError(f"transient failure on delivery {delivery.attempt}")
+    handled.extend(ping.n for ping in batch.events)
 
 
 @pytest.fixture(scope="module")

@@ -262,9 +262,12 @@ async def test_an_early_event_waits_for_the_step_before_it(world: World):
     _, customer_id = await world.customer()
     order_id = new_id()
     async with world.db.acquire() as db:
-        from contracts.events import OrderItem
-        await store.insert(db, order_id, customer_id, [
-            OrderItem(product_id="p", quantity=1, price=Decimal("3.00"))], Decimal("3.00"))
+        from contracts.events import OrderCreated, OrderItem
+        items = [OrderItem(product_id="p", quantity=1, price=Decimal("3.00"))]
+        created = OrderCreated(order_id=order_id, customer_id=customer_id, items=items,
+                               total_price=Decimal("3.00"))
+        await store.place(db, order_id, customer_id, items, Decimal("3.00"), created)
+        await db.execute("DELETE FROM orders.outbox WHERE event_id = $1", created.event_id)
         await store.set_status(db, order_id, "VALIDATED")
 
     await publish(world, InventoryReserved(order_id=order_id,

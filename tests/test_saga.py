@@ -125,13 +125,16 @@ async def test_an_order_stuck_before_payment_is_cancelled_at_its_deadline(world:
     # An order the saga never finished: written as orders.create writes it, long ago, with its
     # OrderCreated lost (so nothing else will ever move it).
     from contracts.base import new_id
-    from contracts.events import OrderItem
+    from contracts.events import OrderCreated, OrderItem
     from storage import orders as store
 
     order_id = new_id()
+    items = [OrderItem(product_id=lamp, quantity=1, price=Decimal("10.00"))]
+    created = OrderCreated(order_id=order_id, customer_id=customer_id, items=items,
+                           total_price=Decimal("10.00"))
     async with world.db.acquire() as db:
-        await store.insert(db, order_id, customer_id, [
-            OrderItem(product_id=lamp, quantity=1, price=Decimal("10.00"))], Decimal("10.00"))
+        await store.place(db, order_id, customer_id, items, Decimal("10.00"), created)
+        await db.execute("DELETE FROM orders.outbox WHERE event_id = $1", created.event_id)
         deadline = world.settings.order_deadline_seconds
         await db.execute("UPDATE orders.orders SET created_at = now() - make_interval(secs => $2)"
                          " WHERE id = $1", order_id, deadline + 60)

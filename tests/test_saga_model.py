@@ -13,6 +13,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 from conftest import RUN_ID
+from faststream.context import ContextRepo
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -28,12 +29,14 @@ from contracts import events
 from contracts.base import new_id
 from contracts.errors import Conflict
 from contracts.orders import CancelOrder, DeliverOrder, ReturnOrder, ShipOrder
-from handlers.catalog import saga as catalog_saga
+from handlers.batches import Delivery, apply
+from handlers.catalog import catalog
+from handlers.orders import orders
 from handlers.orders import requests as order_requests
-from handlers.orders import saga as orders_saga
 from handlers.orders.lifecycle import FINAL, NEXT
-from handlers.payments import OrderNotYetKnown, charge_or_refund
+from handlers.payments import payments
 from handlers.payments.provider import SandboxProvider
+from runtime.settings import Settings
 from storage import catalog as catalog_db
 from storage import orders as order_store
 from storage import outbox
@@ -50,6 +53,8 @@ SETTLED = {"RESERVED", "SHIPPED", "DELIVERED", "CANCELLED", "RETURNED"}
 MONEY_KEPT = {"PAID", "RESERVED", "SHIPPED", "DELIVERED"}
 EVENT_CLASSES = {c.subject: c for c in vars(events).values()
                  if isinstance(c, type) and issubclass(c, events.Event) and c is not events.Event}
+# Every consumer of the saga, as the sets declare them: (schema, consumer).
+CONSUMERS = [(hs.outbox_schema, c) for hs in (catalog, orders, payments) for c in hs.consumers]
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +82,13 @@ class Saga(RuleBasedStateMachine):
     def __init__(self, loop, pool, cache):
         super().__init__()
         self.loop, self.pool, self.cache = loop, pool, cache
-        self.provider = SandboxProvider(pool, DECLINE_ABOVE, frozenset())
+        self.context = ContextRepo()
+        self.context.set_global("settings", Settings(hold_seconds=600.0))
+        self.context.set_global("product_cache", cache)
+        self.context.set_global("payment_provider",
+                                SandboxProvider(pool, DECLINE_ABOVE, frozenset()))
         self.orders: list[tuple[str, str]] = []  # (order id, customer id)
-        self.pending: list[tuple[str, events.Event]] = []  # (consumer, event) not yet handled
+        self.pending: list[tuple[int, events.Event]] = []  # (consumer, event) not yet handled
         self.products = [self.run(self._product(price)) for price in PRICES]
 
     def run(self, coroutine):
@@ -96,18 +105,9 @@ class Saga(RuleBasedStateMachine):
 
     # --- the bus: outbox rows become deliveries, one per consumer -------------------------
 
-    def _consumers(self, event: events.Event) -> list[str]:
-        by_subject = {
-            events.ORDER_CREATED: ["catalog-hold"],
-            events.PAYMENT_PROCESSED: ["catalog-settle"],
-            events.ORDER_CANCELLED: ["catalog-cancel"],
-            events.ORDER_SHIPPED: ["catalog-ship"],
-            events.ORDER_RETURNED: ["catalog-return"],
-            events.INVENTORY_RESERVATION_FAILED: ["orders-reservation-failed"],
-        }
-        order_wide = ["orders", "payments"] if event.subject.startswith("atlantic.events.order.") \
-            else []
-        return by_subject.get(event.subject, []) + order_wide
+    def _consumers(self, event: events.Event) -> list[int]:
+        return [n for n, (_, consumer) in enumerate(CONSUMERS)
+                if event.subject in consumer.subjects]
 
     async def _harvest(self) -> None:
         async with self.pool.acquire() as db, db.transaction():
@@ -117,31 +117,14 @@ class Saga(RuleBasedStateMachine):
                     self.pending += [(c, event) for c in self._consumers(event)]
                     await outbox.mark_published(db, schema, [row.event_id])
 
-    async def _handle(self, consumer: str, event: events.Event) -> bool:
-        """Delivers one event to one consumer; False when it asks for a redelivery later."""
-        async with self.pool.acquire() as db:
-            try:
-                match consumer:
-                    case "orders":
-                        await orders_saga.track_order_status(event, db)
-                    case "orders-reservation-failed":
-                        await orders_saga.on_reservation_failed(event, db)
-                    case "payments":
-                        await charge_or_refund(event, db, self.provider)
-                    case "catalog-hold":
-                        await catalog_saga.hold_stock(event, db, self.cache, 600.0)
-                    case "catalog-settle":
-                        await catalog_saga.settle_payment(event, db, self.cache)
-                    case "catalog-cancel":
-                        await catalog_saga.release_cancelled(event, db, self.cache)
-                    case "catalog-ship":
-                        await catalog_saga.ship_stock(event, db, self.cache)
-                    case "catalog-return":
-                        await catalog_saga.restock_returned(event, db, self.cache)
-            except (orders_saga.EventTooEarly, OrderNotYetKnown):
-                return False  # JetStream would redeliver it after a delay
+    async def _handle(self, consumer: int, event: events.Event) -> bool:
+        """Delivers one event to one consumer, as a batch of one, through the same code the
+        consumers run; False when it asks for a redelivery later."""
+        schema, declared = CONSUMERS[consumer]
+        applied = await apply(self.pool, schema, declared.durable, declared.handler,
+                              [Delivery(event, event.event_id)], self.context)
         await self._harvest()
-        return True
+        return not applied.retries
 
     # --- what customers, operators and the bus do -----------------------------------------
 
@@ -153,10 +136,11 @@ class Saga(RuleBasedStateMachine):
         total = sum(i.price * i.quantity for i in items)
 
         async def place():  # what orders.create does once the catalog has quoted
-            async with self.pool.acquire() as db, db.transaction():
-                await order_store.insert(db, order_id, customer_id, items, total)
-                await outbox.add(db, "orders", events.OrderCreated(
-                    order_id=order_id, customer_id=customer_id, items=items, total_price=total))
+            async with self.pool.acquire() as db:
+                await order_store.place(db, order_id, customer_id, items, total,
+                                        events.OrderCreated(order_id=order_id,
+                                                            customer_id=customer_id,
+                                                            items=items, total_price=total))
             await self._harvest()
 
         self.run(place())

@@ -37,21 +37,22 @@ from contracts.orders import (
     ReturnOrder,
     ShipmentReply,
     ShipOrder,
+    StatusChange,
 )
 from handlers.deps import Admin, Context, CurrentUser, Db, NatsBroker, NatsMessage, Pool
 from handlers.orders.lifecycle import CANCELLABLE
-from handlers.orders.service import SCHEMA, QuoteTimeout, orders, request_quote, visible_to
+from handlers.orders.service import (
+    SCHEMA,
+    Outbox,
+    QuoteTimeout,
+    orders,
+    request_quote,
+    visible_to,
+)
 from storage import orders as store
 from storage import outbox
 
 ReturnWindowDays = Annotated[float, Context("settings.return_window_days")]
-
-
-class _KeyAlreadyUsed(Exception):
-    """Another request with the same Idempotency-Key committed first: undo ours, answer with its."""
-
-    def __init__(self, order_id: str, request_hash: str):
-        self.order_id, self.request_hash = order_id, request_hash
 
 
 def _idempotency_key(msg: NatsMessage) -> str | None:
@@ -85,7 +86,7 @@ async def _replay(db: Db | Pool, order_id: str, request_hash: str, wanted_hash: 
 
 @orders.request(CREATE)
 async def create_order(req: CreateOrder, user: CurrentUser, pool: Pool, msg: NatsMessage,
-                       broker: NatsBroker, timeout: QuoteTimeout) -> Order:
+                       broker: NatsBroker, timeout: QuoteTimeout, events: Outbox) -> Order:
     """Places an order at the catalog's current prices; a retry with the same Idempotency-Key
     returns the first order instead of placing a second."""
     key = _idempotency_key(msg)
@@ -100,22 +101,18 @@ async def create_order(req: CreateOrder, user: CurrentUser, pool: Pool, msg: Nat
 
     items = [OrderItem(product_id=q.product_id, quantity=q.quantity, price=q.price)
              for q in quote.items]
-    order_id = new_id()
+    created = OrderCreated(order_id=new_id(), customer_id=user.user_id, items=items,
+                           total_price=quote.total_price)
     async with pool.acquire() as db:
-        try:
-            async with db.transaction():
-                await store.insert(db, order_id, user.user_id, items, quote.total_price)
-                if key:
-                    first_id, first_hash = await store.remember_key(
-                        db, user.user_id, key, request_hash, order_id)
-                    if first_id != order_id:
-                        raise _KeyAlreadyUsed(first_id, first_hash)
-                await outbox.add(db, SCHEMA, OrderCreated(
-                    order_id=order_id, customer_id=user.user_id, items=items,
-                    total_price=quote.total_price))
-        except _KeyAlreadyUsed as first:
-            return await _replay(db, first.order_id, first.request_hash, request_hash)
-        return await store.view(db, order_id)
+        placed = await store.place(db, created.order_id, user.user_id, items, quote.total_price,
+                                   created, key=key, request_hash=request_hash)
+        if placed.first:  # a concurrent retry with the same key stored its order first
+            return await _replay(db, *placed.first, request_hash)
+    await events.send(outbox.rows([created]))
+    return Order(order_id=created.order_id, customer_id=user.user_id, status="CREATED",
+                 items=items, total_price=quote.total_price, paid_amount=0, refunded_amount=0,
+                 created_at=placed.created_at, updated_at=placed.created_at,
+                 history=[StatusChange(status="CREATED", timestamp=placed.history_at)])
 
 
 @orders.request(GET)

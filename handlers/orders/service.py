@@ -7,7 +7,7 @@ from nats.errors import Error as NatsError
 
 from contracts.catalog import QUOTE, ItemLine, Quote
 from contracts.errors import NotFound, Unavailable
-from handlers.deps import Context, NatsBroker
+from handlers.deps import Context, NatsBroker, Publisher
 from handlers.handler_set import HandlerSet
 from storage.sessions import SessionInfo
 
@@ -19,6 +19,7 @@ orders = HandlerSet(
 )
 
 QuoteTimeout = Annotated[float, Context("settings.quote_timeout_seconds")]
+Outbox = Annotated[Publisher, Context(f"outbox.{SCHEMA}")]
 
 
 async def request_quote(broker: NatsBroker, lines: list[ItemLine], timeout: float) -> Quote:

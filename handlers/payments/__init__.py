@@ -1,27 +1,33 @@
 """The payments set: one charge per order through a PaymentProvider, refunds on cancel and
 return (DESIGN "The order saga", steps 3 and 6)."""
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Annotated
 
 from faststream.context import ContextRepo
+from pydantic import Field
 
 from contracts.errors import NotFound
 from contracts.events import (
+    ORDER_CANCELLED,
+    ORDER_CREATED,
+    ORDER_RETURNED,
+    ORDER_VALIDATED,
     OrderCancelled,
     OrderCreated,
     OrderReturned,
     OrderValidated,
     PaymentProcessed,
 )
-from contracts.orders import ORDER_EVENTS, OrderLifecycleEvent
-from contracts.payments import GET, GetPayment, Payment
-from handlers.deps import Admin, Context, Db
+from contracts.payments import GET, GetPayment, Payment, PaymentState
+from handlers.batches import EventBatch
+from handlers.deps import Admin, Db
 from handlers.handler_set import HandlerSet
 from handlers.payments.provider import PaymentProvider, SandboxProvider
-from storage import inbox, outbox
 from storage import payments as store
 from storage.postgres import open_pool
 
@@ -32,10 +38,9 @@ payments = HandlerSet("payments", "Charges and refunds, one charge per order",
                       outbox_schema=SCHEMA)
 
 
-class OrderNotYetKnown(Exception):
-    """OrderValidated came before this set saw OrderCreated; JetStream redelivers it later."""
-
-    routine = True  # events of one order overtake each other; logged at INFO
+# The order events payments act on, told apart by their "event" field.
+PaymentEvent = Annotated[OrderCreated | OrderValidated | OrderCancelled | OrderReturned,
+                         Field(discriminator="event")]
 
 
 @payments.lifespan
@@ -54,70 +59,105 @@ async def payment_provider(context: ContextRepo) -> AsyncIterator[None]:
         await pool.close()
 
 
-Provider = Annotated[PaymentProvider, Context("payment_provider")]
+class PaymentBook:
+    """The batch's payments, changed in memory event by event, then written in one statement.
+    Each order's events are applied in order; different orders' at once, since a provider's
+    answer takes a network round trip."""
 
+    def __init__(self, batch: EventBatch[PaymentEvent], found: dict[str, store.PaymentRow]):
+        self.batch, self.payments = batch, found
+        self.provider: PaymentProvider = batch.context.get("payment_provider")
+        self.new: set[str] = set()
+        self.changed: set[str] = set()
+        self.decline_reasons: dict[str, str | None] = {}
 
-async def _charge(db: Db, provider: PaymentProvider, event: OrderValidated) -> None:
-    payment = await store.lock(db, event.order_id)
-    if payment is None:
-        raise OrderNotYetKnown(f"no OrderCreated seen yet for order {event.order_id}")
-    if payment.state != "PENDING":
-        return  # voided by a cancel that came first, or already charged
-    result = await provider.charge(f"charge-{payment.order_id}", payment.customer_id,
-                                   payment.amount)
-    if result.approved:
-        await store.update(db, payment.order_id, "CHARGED", payment_id=result.payment_id,
-                           charged_amount=payment.amount)
-    else:
-        await store.update(db, payment.order_id, "DECLINED", payment_id=result.payment_id,
-                           decline_reason=result.decline_reason)
-    await outbox.add(db, SCHEMA, PaymentProcessed(
-        order_id=payment.order_id, payment_id=result.payment_id,
-        payment_status="SUCCESS" if result.approved else "FAILED", amount=payment.amount))
+    @classmethod
+    async def open(cls, batch: EventBatch[PaymentEvent]) -> "PaymentBook":
+        return cls(batch, await store.lock_many(batch.db, {e.order_id for e in batch.events}))
 
+    async def apply(self, events: list[PaymentEvent]) -> None:
+        for event in events:
+            match event:
+                case OrderCreated():
+                    self._remember(event.order_id, event.customer_id,
+                                   Decimal(event.total_price), "PENDING")
+                case OrderValidated(is_valid=True):
+                    await self._charge(event)
+                case OrderCancelled():
+                    await self._refund(event.order_id, None, "cancel")
+                case OrderReturned():
+                    await self._refund(event.order_id, Decimal(event.refund_amount), "return")
 
-async def _refund(db: Db, provider: PaymentProvider, order_id: str, amount: Decimal | None,
-                  why: str) -> None:
-    """Gives back `amount` (all that is left when None) of a charge; voids an uncharged one."""
-    payment = await store.lock(db, order_id)
-    if payment is None:  # the cancel overtook the order: make sure no charge follows it
-        await store.remember_order(db, order_id, "", Decimal(0), "VOIDED")
-        return
-    if payment.state == "PENDING":
-        await store.update(db, order_id, "VOIDED")
-        return
-    left = payment.charged_amount - payment.refunded_amount
-    amount = left if amount is None else min(amount, left)
-    if payment.state not in ("CHARGED", "REFUNDED") or amount <= 0:
-        return
-    await provider.refund(f"refund-{why}-{order_id}", payment.payment_id, payment.customer_id,
-                          amount)
-    await store.update(db, order_id, "REFUNDED",
-                       refunded_amount=payment.refunded_amount + amount)
-    await outbox.add(db, SCHEMA, PaymentProcessed(
-        order_id=order_id, payment_id=payment.payment_id, payment_status="REFUNDED",
-        amount=amount))
+    def _remember(self, order_id: str, customer_id: str, amount: Decimal,
+                  state: PaymentState) -> None:
+        """Learns an order's amount; a payment already there (even a VOIDED one) wins."""
+        if order_id not in self.payments:
+            self.payments[order_id] = store.PaymentRow(order_id, customer_id, state, amount,
+                                                       None, Decimal(0), Decimal(0))
+            self.new.add(order_id)
 
+    def _set(self, order_id: str, state: PaymentState, **fields: object) -> None:
+        self.payments[order_id] = replace(self.payments[order_id], state=state, **fields)
+        self.changed.add(order_id)
 
-@payments.event(ORDER_EVENTS, durable=CONSUMER)
-async def charge_or_refund(event: OrderLifecycleEvent, db: Db, provider: Provider) -> None:
-    """Charges validated orders once, refunds cancelled and returned ones; each event once."""
-    if not isinstance(event, OrderCreated | OrderValidated | OrderCancelled | OrderReturned):
-        return
-    async with db.transaction():
-        if not await inbox.first_time(db, SCHEMA, CONSUMER, event.event_id):
+    async def _charge(self, event: OrderValidated) -> None:
+        payment = self.payments.get(event.order_id)
+        if payment is None:
+            self.batch.retry_later(event, f"no OrderCreated seen yet for order {event.order_id}")
             return
-        match event:
-            case OrderCreated():
-                await store.remember_order(db, event.order_id, event.customer_id,
-                                           Decimal(event.total_price))
-            case OrderValidated(is_valid=True):
-                await _charge(db, provider, event)
-            case OrderCancelled():
-                await _refund(db, provider, event.order_id, None, "cancel")
-            case OrderReturned():
-                await _refund(db, provider, event.order_id, Decimal(event.refund_amount),
-                              "return")
+        if payment.state != "PENDING":
+            return  # voided by a cancel that came first, or already charged
+        result = await self.provider.charge(f"charge-{payment.order_id}", payment.customer_id,
+                                            payment.amount)
+        if result.approved:
+            self._set(payment.order_id, "CHARGED", payment_id=result.payment_id,
+                      charged_amount=payment.amount)
+        else:
+            self._set(payment.order_id, "DECLINED", payment_id=result.payment_id)
+            self.decline_reasons[payment.order_id] = result.decline_reason
+        self.batch.emit(PaymentProcessed(
+            order_id=payment.order_id, payment_id=result.payment_id,
+            payment_status="SUCCESS" if result.approved else "FAILED", amount=payment.amount))
+
+    async def _refund(self, order_id: str, amount: Decimal | None, why: str) -> None:
+        """Gives back `amount` (all that is left when None) of a charge; voids an uncharged
+        one; remembers a cancel that overtook its order, so no charge follows it."""
+        payment = self.payments.get(order_id)
+        if payment is None:
+            self._remember(order_id, "", Decimal(0), "VOIDED")
+            return
+        if payment.state == "PENDING":
+            self._set(order_id, "VOIDED")
+            return
+        left = payment.charged_amount - payment.refunded_amount
+        amount = left if amount is None else min(amount, left)
+        if payment.state not in ("CHARGED", "REFUNDED") or amount <= 0:
+            return
+        await self.provider.refund(f"refund-{why}-{order_id}", payment.payment_id,
+                                   payment.customer_id, amount)
+        self._set(order_id, "REFUNDED", refunded_amount=payment.refunded_amount + amount)
+        self.batch.emit(PaymentProcessed(
+            order_id=order_id, payment_id=payment.payment_id, payment_status="REFUNDED",
+            amount=amount))
+
+    async def write(self) -> None:
+        def change(order_id: str) -> store.PaymentChange:
+            return store.PaymentChange(self.payments[order_id],
+                                       self.decline_reasons.get(order_id))
+
+        await store.write(self.batch.db, [change(o) for o in sorted(self.new)],
+                          [change(o) for o in sorted(self.changed - self.new)])
+
+
+@payments.event(ORDER_CREATED, ORDER_VALIDATED, ORDER_CANCELLED, ORDER_RETURNED, durable=CONSUMER)
+async def charge_or_refund(batch: EventBatch[PaymentEvent]) -> None:
+    """Charges validated orders once, refunds cancelled and returned ones; each event once."""
+    book = await PaymentBook.open(batch)
+    by_order: dict[str, list[PaymentEvent]] = {}
+    for event in batch.events:
+        by_order.setdefault(event.order_id, []).append(event)
+    await asyncio.gather(*(book.apply(events) for events in by_order.values()))
+    await book.write()
 
 
 @payments.request(GET)

@@ -54,12 +54,17 @@ class SandboxProvider:
 
     async def _once(self, key: str, kind: str, reference: str, customer_id: str,
                     amount: Decimal, decline_reason: str | None) -> asyncpg.Record:
-        await self._pool.execute(
-            "INSERT INTO payments.sandbox_ledger (idempotency_key, kind, reference, customer_id,"
-            " amount, approved, decline_reason) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-            " ON CONFLICT (idempotency_key) DO NOTHING",
+        """The first answer given under this key: one round trip, or two when a call with the
+        same key committed while this one waited on it (its row is then read afresh)."""
+        row = await self._pool.fetchrow(
+            "WITH first AS (INSERT INTO payments.sandbox_ledger (idempotency_key, kind, reference,"
+            "  customer_id, amount, approved, decline_reason)"
+            "  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING"
+            "  RETURNING reference, approved, decline_reason)"
+            " SELECT * FROM first UNION ALL SELECT reference, approved, decline_reason"
+            " FROM payments.sandbox_ledger WHERE idempotency_key = $1",
             key, kind, reference, customer_id, amount, decline_reason is None, decline_reason)
-        return await self._pool.fetchrow(
+        return row or await self._pool.fetchrow(
             "SELECT reference, approved, decline_reason FROM payments.sandbox_ledger"
             " WHERE idempotency_key = $1", key)
 

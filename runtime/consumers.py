@@ -1,0 +1,336 @@
+"""The event consumers: each durable consumer's events handled in batches, one transaction each.
+
+Below FastStream on purpose. Measured here (BENCHMARKS.md, 2026-12-02): FastStream 0.7.8's batch
+pull subscriber counts its timeout from the start of each fetch round, so eight idle consumers
+with a 20 ms timeout spent 300 ms of CPU a second polling, and with 0.5 s every event waited up to
+half a second per hop; its per-message subscriber pays a pipeline pass and a fetch round trip per
+event (the fetch alone ~280 µs of CPU). nats-py 2.14 has no continuous pull either. So this
+module keeps pull requests open on each consumer (JetStream's pull protocol, ADR-13): the server
+sends events as they come, an idle consumer costs one request every few seconds, and a batch is
+what arrived while the previous one was applied, plus a short linger (24 µs of CPU an event to
+receive and ack, against 282 µs fetched one at a time).
+
+What a batch guarantees (handlers.batches applies it):
+- each event is applied once: its inbox mark commits with its effects, and it is acked only
+  after the commit; a crash in between redelivers it, and the mark makes it a no-op;
+- per-order order: a batch is applied in stream order, one batch at a time per consumer;
+  an event that came too early is redelivered after a delay, never applied out of order;
+- a bad event is isolated: a malformed one is dead-lettered at once; when a batch fails, it is
+  applied again one event at a time, so the failing event is retried with backoff and then
+  dead-lettered alone while the others commit;
+- an outage is not the event's fault: while PostgreSQL is unreachable, events are retried
+  without ever being dead-lettered for it.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+from faststream.context import ContextRepo
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import TypeAdapter, ValidationError
+
+from contracts.errors import AtlanticError
+from contracts.events import STREAM
+from handlers.batches import Applied, Delivery, apply, event_type
+from handlers.handler_set import EventConsumer
+from runtime.relay import OutboxRelay
+from storage import deadletters
+
+log = logging.getLogger("atlantic.consumers")
+
+PERMANENT = (AtlanticError, ValidationError)  # failures no redelivery can cure
+# Failures of the servers, not of the event: retried at the longest backoff, never given up on.
+OUTAGE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+          asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+MAX_BATCH = 200  # events applied in one transaction
+PULL_BATCH = 256  # events one pull request may bring
+PULL_EXPIRES = 2.0  # an open request lasts this long; an idle consumer renews it this often
+MAX_ACK_PENDING = 1_000  # events handed out and not yet acked, per consumer
+ACK_WAIT_SECONDS = 30.0  # a crashed consumer's unacked events come back after this
+
+
+class Pull:
+    """Open pull requests on one durable consumer, renewed as they are used up or expire.
+
+    Each request has its own reply subject, so the statuses of an old one (408 when it expires,
+    409 when the server ends it) never end a newer one. A request the server lost (a restart)
+    sends nothing at all; it is given up shortly after it should have expired."""
+
+    def __init__(self, nc: NATS, durable: str, *, batch: int = PULL_BATCH,
+                 expires: float = PULL_EXPIRES, recover: Callable[[], Awaitable[object]]):
+        self._nc, self._durable, self._recover = nc, durable, recover
+        self._batch, self._expires = batch, expires
+        self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{durable}"
+        self._open: dict[str, tuple[int, float]] = {}  # reply subject -> (events left, deadline)
+        self._count = 0
+        self.buffer: list[Msg] = []
+        self.arrived = asyncio.Event()
+        self._sub: Any = None
+        self._watch: asyncio.Task[None] | None = None
+        self._troubled: str | None = None  # why the server ended a request, until we recover
+
+    async def start(self) -> None:
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
+        await self._renew()
+        self._watch = asyncio.create_task(self._watchdog(), name=f"pull-{self._durable}")
+
+    async def stop(self) -> None:
+        if self._watch:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._sub is not None:
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                await self._sub.unsubscribe()
+
+    def take(self, limit: int) -> list[Msg]:
+        batch, self.buffer = self.buffer[:limit], self.buffer[limit:]
+        if not self.buffer:
+            self.arrived.clear()
+        return batch
+
+    async def _on_message(self, msg: Msg) -> None:
+        status = (msg.headers or {}).get("Status") if not msg.data else None
+        if status is not None:
+            if status == "408":  # expired: ask again at once
+                self._open.pop(msg.subject, None)
+                await self._renew()
+            elif status != "100":  # ended by the server (404, 409, 503): the watchdog asks again
+                self._open.pop(msg.subject, None)
+                self._troubled = f"{status} {(msg.headers or {}).get('Description', '')}"
+            return
+        if (request := self._open.get(msg.subject)) is not None:
+            left, deadline = request
+            if left > 1:
+                self._open[msg.subject] = (left - 1, deadline)
+            else:
+                del self._open[msg.subject]
+        self.buffer.append(msg)
+        self.arrived.set()
+        await self._renew()
+
+    async def _renew(self) -> None:
+        """Keeps at least half a batch requested, so events never wait for a request."""
+        if sum(left for left, _ in self._open.values()) >= self._batch // 2:
+            return
+        self._count += 1
+        reply = f"{self._inbox}.{self._count}"
+        self._open[reply] = (self._batch, time.monotonic() + self._expires + 1.0)
+        request = {"batch": self._batch, "expires": int(self._expires * 1e9)}
+        try:
+            await self._nc.publish(self._subject, json.dumps(request).encode(), reply=reply)
+        except Exception:  # NATS away: the watchdog asks again
+            self._open.pop(reply, None)
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(self._expires)
+            now = time.monotonic()
+            for reply, (_, deadline) in list(self._open.items()):
+                if deadline < now:  # never answered: lost with a server restart
+                    del self._open[reply]
+            if self._troubled:  # a deleted consumer, a leader election: declare it again
+                log.warning("%s: pull requests ended by the server (%s); declaring the consumer"
+                            " again", self._durable, self._troubled)
+                try:
+                    await self._recover()
+                    self._troubled = None
+                except Exception as exc:  # NATS away: next round
+                    log.warning("%s: not recovered yet: %r", self._durable, exc)
+                    continue
+            await self._renew()
+
+
+class BatchConsumer:
+    """Runs one EventConsumer: pulls its events, applies them in batches, acks after commit."""
+
+    def __init__(self, consumer: EventConsumer, schema: str | None, *, nc: NATS,
+                 js: JetStreamContext, pool: asyncpg.Pool, relay: OutboxRelay | None,
+                 context: ContextRepo, linger: float):
+        self.consumer, self.schema = consumer, schema
+        self._nc, self._js, self._pool, self._relay = nc, js, pool, relay
+        self._context, self._linger = context, linger
+        self._events: TypeAdapter[Any] = event_type(consumer.handler)
+        self._pull = Pull(nc, consumer.durable, recover=self._declare)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def durable(self) -> str:
+        return self.consumer.durable
+
+    async def start(self) -> None:
+        await self._declare()
+        await self._pull.start()
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.durable}")
+
+    async def _declare(self) -> None:
+        await self._js.add_consumer(STREAM, consumer_config(self.consumer))  # create or update
+
+    async def stop(self, timeout: float) -> None:
+        """Stops taking events; the batch in hand is finished and acked, the rest handed back."""
+        self._stopping = True
+        await self._pull.stop()
+        self._pull.arrived.set()
+        if self._task:
+            try:
+                await asyncio.wait_for(self._task, timeout)
+            except TimeoutError:
+                log.warning("%s: the batch in hand did not finish within %.0f s; its events"
+                            " come back after the ack wait", self.durable, timeout)
+        for msg in self._pull.take(len(self._pull.buffer)):
+            with contextlib.suppress(Exception):  # not acked either way: redelivered
+                await msg.nak()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            await self._pull.arrived.wait()
+            if self._linger and len(self._pull.buffer) < MAX_BATCH and not self._stopping:
+                await asyncio.sleep(self._linger)  # let a quiet moment's events join the batch
+            if self._stopping:
+                return
+            batch = self._pull.take(MAX_BATCH)
+            try:
+                await self._handle(batch)
+            except Exception:  # NATS or PostgreSQL away: the unacked events come back
+                log.exception("%s: a batch of %d events failed", self.durable, len(batch))
+
+    async def _handle(self, msgs: list[Msg]) -> None:
+        deliveries: list[tuple[Msg, Delivery[Any]]] = []
+        for msg in msgs:
+            try:
+                event = self._events.validate_json(msg.data)
+            except ValidationError as exc:
+                await self._dead_letter(msg, _malformed(exc))
+                continue
+            meta = msg.metadata
+            event_id = (msg.headers or {}).get("Nats-Msg-Id") or getattr(event, "event_id", None) \
+                or f"seq-{meta.sequence.stream}"
+            deliveries.append((msg, Delivery(event, event_id, meta.num_delivered)))
+        if not deliveries:
+            return
+        try:
+            applied = await self._apply([d for _, d in deliveries])
+        except Exception as exc:
+            if len(deliveries) == 1:
+                await self._failed(*deliveries[0], exc)
+                return
+            log.info("%s: a batch of %d failed (%r); applying it one event at a time",
+                     self.durable, len(deliveries), exc)
+            for msg, delivery in deliveries:
+                await self._alone(msg, delivery)
+            return
+        await self._settle(deliveries, applied)
+
+    async def _apply(self, deliveries: Sequence[Delivery[Any]]) -> Applied:
+        return await apply(self._pool, self.schema, self.durable, self.consumer.handler,
+                           deliveries, self._context)
+
+    async def _alone(self, msg: Msg, delivery: Delivery[Any]) -> None:
+        try:
+            applied = await self._apply([delivery])
+        except Exception as exc:
+            await self._failed(msg, delivery, exc)
+        else:
+            await self._settle([(msg, delivery)], applied)
+
+    async def _settle(self, deliveries: list[tuple[Msg, Delivery[Any]]], applied: Applied
+                      ) -> None:
+        """After the commit: publish what the batch emitted, ack its events (or hand back the
+        early ones), then the after-commit work."""
+        if applied.published and self._relay:
+            await self._relay.send(applied.published)
+        for msg, delivery in deliveries:
+            if (reason := applied.retries.get(delivery.event_id)) is not None:
+                await self._retry(msg, delivery, f"EventTooEarly: {reason}", routine=True)
+            else:
+                await msg.ack()
+        for hook in applied.hooks:
+            try:
+                await hook()
+            except Exception:  # a cache that misses an invalidation expires on its own
+                log.warning("%s: after-commit work failed", self.durable, exc_info=True)
+
+    async def _failed(self, msg: Msg, delivery: Delivery[Any], exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, PERMANENT):
+            await self._dead_letter(msg, reason)
+        elif isinstance(exc, OUTAGE):
+            delay = max(self.consumer.backoff, default=1.0)
+            log.warning("%s: %s; event %s comes back in %.0f s", self.durable, reason,
+                        delivery.event_id, delay)
+            await msg.nak(delay=delay)
+        else:
+            await self._retry(msg, delivery, reason, routine=getattr(exc, "routine", False))
+
+    async def _retry(self, msg: Msg, delivery: Delivery[Any], reason: str, *,
+                     routine: bool) -> None:
+        """Redelivery after the consumer's backoff; the last delivery is dead-lettered."""
+        if delivery.attempt >= self.consumer.max_deliver:
+            await self._dead_letter(msg, reason)
+            return
+        delay = retry_delay(self.consumer, delivery.attempt)
+        # An event that merely overtook the one it follows is routine, not a warning.
+        log.log(logging.INFO if routine else logging.WARNING,
+                "%s failed on delivery %d of %s, retrying in %.2f s: %s",
+                self.durable, delivery.attempt, msg.subject, delay, reason)
+        await msg.nak(delay=delay)
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        """Records the event with the reason for operators, then acks it so the rest flow."""
+        meta = msg.metadata
+        await deadletters.add(
+            self._pool, consumer=self.durable, subject=msg.subject,
+            stream_seq=meta.sequence.stream, event_id=_event_id(msg), deliveries=meta.num_delivered,
+            error=reason[:2000], payload=msg.data)
+        log.error("%s dead-lettered stream message %d (%s): %s",
+                  self.durable, meta.sequence.stream, msg.subject, reason[:2000])
+        await msg.ack()
+
+
+def consumer_config(consumer: EventConsumer) -> ConsumerConfig:
+    """Durable, explicit acks, exactly the consumer's subjects. Failures are naked with their
+    backoff delay and dead-lettered here, so the server neither limits deliveries (an outage
+    must not use them up) nor sets a backoff (it would shorten the ack wait of every event)."""
+    return ConsumerConfig(
+        durable_name=consumer.durable,
+        filter_subjects=list(consumer.subjects),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ACK_WAIT_SECONDS,
+        max_deliver=-1,
+        backoff=[],
+        max_ack_pending=MAX_ACK_PENDING,
+    )
+
+
+def retry_delay(consumer: EventConsumer, attempt: int) -> float:
+    """Seconds before delivery number `attempt + 1`."""
+    if not consumer.backoff:
+        return 0.0
+    return consumer.backoff[min(attempt, len(consumer.backoff)) - 1]
+
+
+def _malformed(exc: ValidationError) -> str:
+    if any(e["type"] == "json_invalid" for e in exc.errors()):
+        return f"Malformed: the event is not valid JSON ({exc.errors()[0]['msg']})"
+    return f"ValidationError: {exc}"
+
+
+def _event_id(msg: Msg) -> str | None:
+    if msg_id := (msg.headers or {}).get("Nats-Msg-Id"):
+        return msg_id[:64]
+    try:
+        return str(json.loads(msg.data).get("eventId"))[:64]
+    except (ValueError, AttributeError):
+        return None
