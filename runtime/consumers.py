@@ -61,26 +61,27 @@ ACK_WAIT_SECONDS = 30.0  # a crashed consumer's unacked events come back after t
 class Pull:
     """Open pull requests on one durable consumer, renewed as they are used up or expire.
 
-    Each request has its own reply subject, so the statuses of an old one (408 when it expires,
-    409 when the server ends it) never end a newer one. A request the server lost (a restart)
-    sends nothing at all; it is given up shortly after it should have expired."""
+    Events arrive under their own subjects, so what is still asked for is counted as a whole:
+    each event takes one off, each expired request (408) what it had left. The server answers an
+    idle request every `expires` seconds; when it has said nothing for longer, its requests were
+    lost (a restart) and are asked again."""
 
     def __init__(self, nc: NATS, durable: str, *, batch: int = PULL_BATCH,
                  expires: float = PULL_EXPIRES, recover: Callable[[], Awaitable[object]]):
         self._nc, self._durable, self._recover = nc, durable, recover
         self._batch, self._expires = batch, expires
         self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{durable}"
-        self._open: dict[str, tuple[int, float]] = {}  # reply subject -> (events left, deadline)
-        self._count = 0
+        self._asked = 0  # events requested and not yet received
+        self._heard = time.monotonic()
+        self._troubled: str | None = None  # why the server ended a request, until we recover
         self.buffer: list[Msg] = []
         self.arrived = asyncio.Event()
         self._sub: Any = None
         self._watch: asyncio.Task[None] | None = None
-        self._troubled: str | None = None  # why the server ended a request, until we recover
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
         await self._renew()
         self._watch = asyncio.create_task(self._watchdog(), name=f"pull-{self._durable}")
 
@@ -100,45 +101,38 @@ class Pull:
         return batch
 
     async def _on_message(self, msg: Msg) -> None:
-        status = (msg.headers or {}).get("Status") if not msg.data else None
-        if status is not None:
-            if status == "408":  # expired: ask again at once
-                self._open.pop(msg.subject, None)
-                await self._renew()
-            elif status != "100":  # ended by the server (404, 409, 503): the watchdog asks again
-                self._open.pop(msg.subject, None)
-                self._troubled = f"{status} {(msg.headers or {}).get('Description', '')}"
+        self._heard = time.monotonic()
+        headers = msg.headers or {}
+        status = headers.get("Status") if not msg.data else None
+        if status is None:
+            self._asked -= 1
+            self.buffer.append(msg)
+            self.arrived.set()
+        elif status == "408":  # a request expired with this many events not sent
+            self._asked -= int(headers.get("Nats-Pending-Messages", self._batch))
+        elif status != "100":  # ended by the server (404, 409, 503): the watchdog recovers
+            self._asked = 0
+            self._troubled = f"{status} {headers.get('Description', '')}"
             return
-        if (request := self._open.get(msg.subject)) is not None:
-            left, deadline = request
-            if left > 1:
-                self._open[msg.subject] = (left - 1, deadline)
-            else:
-                del self._open[msg.subject]
-        self.buffer.append(msg)
-        self.arrived.set()
         await self._renew()
 
     async def _renew(self) -> None:
-        """Keeps at least half a batch requested, so events never wait for a request."""
-        if sum(left for left, _ in self._open.values()) >= self._batch // 2:
+        """Keeps at least half a batch asked for, so events never wait for a request."""
+        if self._asked >= self._batch // 2:
             return
-        self._count += 1
-        reply = f"{self._inbox}.{self._count}"
-        self._open[reply] = (self._batch, time.monotonic() + self._expires + 1.0)
         request = {"batch": self._batch, "expires": int(self._expires * 1e9)}
         try:
-            await self._nc.publish(self._subject, json.dumps(request).encode(), reply=reply)
+            await self._nc.publish(self._subject, json.dumps(request).encode(),
+                                   reply=self._inbox)
+            self._asked = max(self._asked, 0) + self._batch
         except Exception:  # NATS away: the watchdog asks again
-            self._open.pop(reply, None)
+            pass
 
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(self._expires)
-            now = time.monotonic()
-            for reply, (_, deadline) in list(self._open.items()):
-                if deadline < now:  # never answered: lost with a server restart
-                    del self._open[reply]
+            if time.monotonic() - self._heard > self._expires + 1.0:
+                self._asked = 0  # not even an expiry came back: the requests were lost
             if self._troubled:  # a deleted consumer, a leader election: declare it again
                 log.warning("%s: pull requests ended by the server (%s); declaring the consumer"
                             " again", self._durable, self._troubled)

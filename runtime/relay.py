@@ -28,6 +28,7 @@ log = logging.getLogger("atlantic.relay")
 BATCH = 500
 CLEANUP_EVERY_SECONDS = 300.0
 ACK_TIMEOUT_SECONDS = 5.0  # a publish not acked by then is left to the sweep
+MARK_EVERY_SECONDS = 0.25  # sent rows are marked published together, at most this late
 
 
 class OutboxRelay:
@@ -43,6 +44,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._claim_waiting = False  # a NOTIFY came: claim everything unpublished
         self._acked: list[str] = []  # sent and acked, not yet marked
+        self._mark_due: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
@@ -81,7 +83,9 @@ class OutboxRelay:
 
     async def _confirm(self, rows: Sequence[OutboxRow], acks: list[asyncio.Future]) -> None:
         self._acked += await _acked(rows, acks)
-        self._wake.set()
+        if self._mark_due is None:  # one UPDATE for whatever is acked meanwhile
+            self._mark_due = asyncio.get_running_loop().call_later(MARK_EVERY_SECONDS,
+                                                                  self._wake.set)
 
     async def _listen(self) -> None:
         """A dedicated connection for NOTIFY; if it fails, the sweep still publishes everything."""
@@ -123,6 +127,9 @@ class OutboxRelay:
                 log.warning("outbox relay for %s will retry", self.schema, exc_info=True)
 
     async def _mark_acked(self) -> None:
+        if self._mark_due is not None:
+            self._mark_due.cancel()
+            self._mark_due = None
         if self._acked:
             marked, self._acked = self._acked, []
             try:

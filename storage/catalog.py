@@ -361,26 +361,24 @@ class StockBook:
     async def open(cls, db: asyncpg.Connection, order_ids: Iterable[str],
                    product_ids: Iterable[str] = ()) -> "StockBook":
         """Locks the orders' holds and every product they or `product_ids` name."""
-        order_ids = sorted(set(order_ids))
-        rows = await db.fetch(
-            "SELECT h.order_id, h.state, h.expires_at <= now() AS expired,"
-            " coalesce(array_agg(l.product_id ORDER BY l.product_id)"
-            "  FILTER (WHERE l.product_id IS NOT NULL), '{}') AS products,"
-            " coalesce(array_agg(l.quantity ORDER BY l.product_id)"
-            "  FILTER (WHERE l.product_id IS NOT NULL), '{}') AS quantities"
-            " FROM (SELECT * FROM catalog.holds WHERE order_id = ANY($1::text[])"
-            "       ORDER BY order_id FOR UPDATE) h"
-            " LEFT JOIN catalog.hold_lines l ON l.order_id = h.order_id"
-            " GROUP BY h.order_id, h.state, h.expires_at", order_ids)
-        holds = {r["order_id"]: _Hold(r["state"], r["expired"],
-                                      dict(zip(r["products"], r["quantities"], strict=True)))
-                 for r in rows}
-        wanted = {*product_ids, *(p for hold in holds.values() for p in hold.lines)}
-        stock = await db.fetch(
-            "SELECT id, active, on_hand, held, reserved, low_stock_threshold"
-            " FROM catalog.products WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
-            sorted(wanted))
-        return cls(holds, {r["id"]: _Stock(*list(r.values())[1:]) for r in stock})
+        row = await db.fetchrow(
+            "WITH held AS (SELECT order_id, state, expires_at <= now() AS expired"
+            "  FROM catalog.holds WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE),"
+            " lines AS (SELECT order_id, product_id, quantity FROM catalog.hold_lines"
+            "  WHERE order_id IN (SELECT order_id FROM held)),"
+            " stock AS (SELECT id, active, on_hand, held, reserved, low_stock_threshold"
+            "  FROM catalog.products WHERE id IN (SELECT product_id FROM lines"
+            "   UNION SELECT unnest($2::text[])) ORDER BY id FOR UPDATE)"
+            # Evaluated left to right: the holds are locked before the products.
+            " SELECT (SELECT coalesce(array_agg(held), '{}') FROM held) AS holds,"
+            "  (SELECT coalesce(array_agg(lines), '{}') FROM lines) AS lines,"
+            "  (SELECT coalesce(array_agg(stock), '{}') FROM stock) AS stock",
+            sorted(set(order_ids)), sorted(set(product_ids)))
+        holds = {order_id: _Hold(state, expired, {}) for order_id, state, expired in row["holds"]}
+        for order_id, product_id, quantity in row["lines"]:
+            holds[order_id].lines[product_id] = quantity
+        stock = {product_id: _Stock(*figures) for product_id, *figures in row["stock"]}
+        return cls(holds, stock)
 
     # -- the moves, in memory --------------------------------------------------------------------
 
