@@ -301,7 +301,8 @@ async def saga(base: Settings, plan: Plan, seconds: float,
 
 def _step_row(r: Result, step: Step) -> Row:
     cpu = step.total_cpu_per_order
-    lost = f"; {step.missing} of {step.orders} NOT reserved" if step.missing else ""
+    lost = (f"; {step.missing} of {step.orders} NOT reserved {SETTLE:.0f} s after the last send"
+            if step.missing else "")
     refused = f", {step.refused} creates refused or unanswered" if step.refused else ""
     drained = "" if step.drained else "; backlog NOT drained when CPU was read"
     measured = (f"{step.achieved:,.0f} orders/s achieved; created→RESERVED p50 "
@@ -339,13 +340,13 @@ def rows(results: list[Result]) -> list[Row]:
             summary.target = "CPU/order flat vs process per set"
             summary.ceiling += f"; {ANALYTICS_ONCE}"
         out.append(summary)
-        if r.closed:
-            c = r.closed
+        if c := r.closed:
+            late = f", {c.missing} not RESERVED by then" if c.missing else ""
             out.append(Row(
                 f"order saga CLOSED loop (peak throughput only), {r.topology}, "
                 f"{r.callers} callers back to back",
-                f"{c.achieved:,.0f} orders/s created→RESERVED ({c.orders} orders"
-                f"{f', {c.missing} NOT reserved' if c.missing else ''}); "
+                f"{c.achieved:,.0f} orders/s created→RESERVED ({c.orders} orders, counted until "
+                f"{SETTLE:.0f} s after the last send{late}); "
                 f"p50 {ms(percentile(c.latencies, .5))}, p99 {ms(c.p99)} (closed-loop latency "
                 f"hides queueing); {c.total_cpu_per_order * 1e3:.1f} ms CPU/order"))
     return out
