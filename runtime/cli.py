@@ -241,7 +241,8 @@ def bench(
         help="saga: comma-separated, of one (every set in one process, as `atlantic up`), "
              "per-set, replicas (two per set)")] = "one,per-set,replicas",
     callers: Annotated[int, typer.Option(
-        help="saga: closed-loop callers for the peak-throughput figure; 0 leaves it out")] = 64,
+        help="saga: closed-loop callers for peak throughput (one order in the saga each); "
+             "0: none")] = 64,
     output: Annotated[Path, typer.Option(help="where the dated rows are appended")] = Path(
         "BENCHMARKS.md"),
 ) -> None:

@@ -9,10 +9,12 @@ order (psutil, user + system of every thread, read before the step and after its
 drained) and each durable consumer's deliveries per order (its own counter). CPU is also given
 in raw nats-py echo round trips measured in the same world, and the idle CPU of the same
 processes over a quiet interval as long as a step is reported beside it. A sweep stops after a
-rate that clearly fails. A closed-loop figure (callers back to back) is kept for peak throughput.
+rate that clearly fails. A closed-loop figure is kept for peak throughput only: callers each
+place an order, wait for it to be reserved, and place the next.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -48,6 +50,7 @@ DRAIN = 180.0  # seconds a step's backlog may take to drain before its CPU is re
 NATS_SERVER = "nats-server"  # read beside the Atlantic processes, not counted in their total
 ECHOES = 3_000
 CREATE = "atlantic.orders.create"
+RESERVED_EVENT = "atlantic.events.order.inventory_reserved"
 PASSWORD = "bench-shopper-pass"
 RESERVED_AT = """
     SELECT k.key, min(h.at) AS at
@@ -63,7 +66,7 @@ UNPUBLISHED = "SELECT " + " + ".join(
 class Plan:
     topologies: list[str] = field(default_factory=lambda: list(TOPOLOGIES))
     rates: list[float] = field(default_factory=lambda: list(RATES))
-    callers: int = 64  # closed loop; 0 leaves it out
+    callers: int = 64  # closed loop, each with one order in the saga at a time; 0: none
 
 
 @dataclass
@@ -162,8 +165,8 @@ class Shop:
         after = self.cpu()
         return {name: (after[name] - before[name]) / seconds for name in after}
 
-    async def place(self, n: int, key: str) -> int:
-        """Places the n-th order (one item); 1 when it was refused or not answered."""
+    async def place(self, n: int, key: str) -> str | None:
+        """Places the n-th order (one item); its id, or None when refused or not answered."""
         body = json.dumps({"items": [{"productId": self.products[n % len(self.products)],
                                       "quantity": 1}]}).encode()
         headers = {"Authorization": f"Bearer {self.tokens[n % len(self.tokens)]}",
@@ -171,8 +174,9 @@ class Shop:
         try:
             reply = await self.nc.request(CREATE, body, timeout=30, headers=headers)
         except nats.errors.Error:
-            return 1
-        return int("Nats-Service-Error" in (reply.headers or {}))
+            return None
+        return None if "Nats-Service-Error" in (reply.headers or {}) else json.loads(
+            reply.data)["orderId"]
 
     async def open_loop(self, rate: float, seconds: float) -> Step:
         loop = asyncio.get_running_loop()
@@ -184,13 +188,23 @@ class Shop:
         for n, (key, offset) in enumerate(intended.items()):
             await asyncio.sleep(max(0.0, t0 + offset - loop.time()))
             sends.append(asyncio.create_task(self.place(n, key)))
-        refused = sum(await asyncio.gather(*sends))
+        refused = sum(order_id is None for order_id in await asyncio.gather(*sends))
         return await self._outcome(rate, {k: wall0 + o for k, o in intended.items()}, refused,
                                    cpu, deliveries)
 
     async def closed_loop(self, callers: int, seconds: float) -> Step:
-        """`callers` shoppers, each placing its next order as soon as the last is answered."""
+        """`callers` shoppers, each placing its next order once the last is reserved (seen on
+        the catalog's InventoryReserved event; timed, like every order, by orders.history)."""
+        loop = asyncio.get_running_loop()
         cpu, deliveries = self.cpu(), await self.delivered()
+        reserved: dict[str, asyncio.Future] = {}
+
+        async def on_reserved(msg) -> None:
+            future = reserved.setdefault(json.loads(msg.data)["orderId"], loop.create_future())
+            if not future.done():
+                future.set_result(None)
+
+        sub = await self.nc.subscribe(RESERVED_EVENT, cb=on_reserved)
         sent: dict[str, float] = {}
         stop = time.monotonic() + seconds
 
@@ -199,10 +213,16 @@ class Shop:
             while time.monotonic() < stop:
                 key = new_id()
                 sent[key] = time.time()
-                refused += await self.place(n, key)
+                if (order_id := await self.place(n, key)) is None:
+                    refused += 1
+                    continue
+                future = reserved.setdefault(order_id, loop.create_future())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, SETTLE)
             return refused
 
         refused = sum(await asyncio.gather(*(caller(n) for n in range(callers))))
+        await sub.unsubscribe()
         return await self._outcome(0, sent, refused, cpu, deliveries)
 
     async def _outcome(self, rate: float, sent: dict[str, float], refused: int,
@@ -344,7 +364,7 @@ def rows(results: list[Result]) -> list[Row]:
             late = f", {c.missing} not RESERVED by then" if c.missing else ""
             out.append(Row(
                 f"order saga CLOSED loop (peak throughput only), {r.topology}, "
-                f"{r.callers} callers back to back",
+                f"{r.callers} callers, each with one order in the saga at a time",
                 f"{c.achieved:,.0f} orders/s created→RESERVED ({c.orders} orders, counted until "
                 f"{SETTLE:.0f} s after the last send{late}); "
                 f"p50 {ms(percentile(c.latencies, .5))}, p99 {ms(c.p99)} (closed-loop latency "
