@@ -234,38 +234,62 @@ def bench(
         help="smaller runs (dashboard over 100k and 1M events): a few minutes")] = False,
     only: Annotated[str, typer.Option(
         help="comma-separated: requests, saga, ingest, queries")] = "requests,saga,ingest,queries",
+    rates: Annotated[str, typer.Option(
+        help="saga: comma-separated orders/s offered open loop, in sweep order")
+    ] = "25,50,100,200,400",
+    topologies: Annotated[str, typer.Option(
+        help="saga: comma-separated, of one (every set in one process, as `atlantic up`), "
+             "per-set, replicas (two per set)")] = "one,per-set,replicas",
+    callers: Annotated[int, typer.Option(
+        help="saga: closed-loop callers for peak throughput (one order in the saga each); "
+             "0: none")] = 64,
     output: Annotated[Path, typer.Option(help="where the dated rows are appended")] = Path(
         "BENCHMARKS.md"),
 ) -> None:
     """Run every workload beside its ceiling, print a table, append it to BENCHMARKS.md."""
+    import shlex
     import time
 
     from rich.console import Console
+    from rich.markdown import Markdown
     from rich.table import Table
 
     from runtime.bench.runner import markdown, run
+    from runtime.bench.saga import TOPOLOGIES, Plan
     from runtime.services import ensure_postgres, ensure_redis
 
     settings = Settings()
     problems = [p for p in (ensure_postgres(settings.postgres_dsn),
                             ensure_redis(settings.redis_url)) if p]
+    try:
+        plan = Plan([t.strip() for t in topologies.split(",")],
+                    [float(r) for r in rates.split(",")], callers)
+    except ValueError:
+        problems.append(f"--rates takes numbers separated by commas, not {rates!r}")
+    else:
+        if unknown := set(plan.topologies) - set(TOPOLOGIES):
+            problems.append(f"unknown topologies {', '.join(sorted(unknown))}; known: "
+                            f"{', '.join(TOPOLOGIES)}")
     if problems:
         raise _fail("\n".join(problems))
     began = time.monotonic()
-    rows, rss = asyncio.run(run(settings, quick, {w.strip() for w in only.split(",")}))
+    rows, rss, notes = asyncio.run(run(settings, quick, {w.strip() for w in only.split(",")},
+                                       plan))
     table = Table("workload", "measured", "ceiling (same run)", "target", "verdict",
                   title="atlantic bench")
     for r in rows:
         table.add_row(r.workload, r.measured, r.ceiling, r.target, r.verdict)
     for name, mb in rss.items():
         table.add_row(f"peak RSS: {name}", f"{mb:.0f} MiB")
-    Console().print(table)
-    command = "atlantic bench" + (" --quick" if quick else "") + (
-        f" --only {only}" if only != "requests,saga,ingest,queries" else "")
+    console = Console()
+    console.print(table)
+    for note in notes:
+        console.print(Markdown(note))
+    command = shlex.join(["atlantic", *sys.argv[1:]])
     if not output.exists():
         output.write_text("# Benchmarks\n\nAppended by `just bench` (`atlantic bench`).\n\n")
     with output.open("a") as f:
-        f.write("\n" + markdown(rows, rss, command, time.monotonic() - began))
+        f.write("\n" + markdown(rows, rss, command, time.monotonic() - began, notes))
     typer.echo(f"appended to {output}")
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nats
 
@@ -25,9 +26,8 @@ from runtime.bench.world import World, open_world
 from runtime.loadgen import percentile
 from runtime.settings import Settings
 
-SAGA_SETS = ["users", "catalog", "orders", "payments"]
-PASSWORD = "bench-shopper-pass"
-
+if TYPE_CHECKING:  # saga.py builds on this module, so it is imported in run()
+    from runtime.bench.saga import Plan
 
 @dataclass
 class Row:
@@ -40,15 +40,16 @@ class Row:
 
 @dataclass
 class Sizes:
-    seconds: float  # per request-reply and saga measurement
+    seconds: float  # per request-reply measurement
+    saga_seconds: float  # per saga rate step
     ingest_events: int
     live_seconds: float
     dashboard_events: tuple[int, int]
     repeats: int
 
 
-QUICK = Sizes(4, 30_000, 8, (100_000, 1_000_000), 10)
-FULL = Sizes(10, 200_000, 30, (1_000_000, 10_000_000), 30)
+QUICK = Sizes(4, 10, 30_000, 8, (100_000, 1_000_000), 10)
+FULL = Sizes(10, 30, 200_000, 30, (1_000_000, 10_000_000), 30)
 
 
 def ms(seconds: float) -> str:
@@ -143,70 +144,7 @@ async def _product(nc: nats.NATS, world: World) -> str:
     return json.loads(reply.data)["productId"]
 
 
-# --- b. the order saga ---------------------------------------------------------------------------
-
-async def saga(base: Settings, sizes: Sizes, layout: str, rss: dict[str, float]) -> Row:
-    """Orders placed by 64 callers for `seconds`; each timed from its create request to the
-    InventoryReserved event (read off the stream's subjects with a core subscription)."""
-    async with open_world(base, f"bench_saga_{layout.replace(' ', '_')}_{os.getpid()}") as world:
-        if layout == "one process":
-            processes = {"all four sets": await world.serve(SAGA_SETS)}
-        else:
-            processes = {name: await world.serve([name]) for name in SAGA_SETS}
-        nc = await nats.connect(world.settings.nats_url)
-        try:
-            product_ids = [await _product(nc, world) for _ in range(8)]
-            tokens = [await _shopper(nc, n) for n in range(16)]
-            sent: dict[str, float] = {}
-            reserved: dict[str, float] = {}
-
-            async def on_reserved(msg) -> None:
-                reserved[json.loads(msg.data)["orderId"]] = time.perf_counter()
-
-            await nc.subscribe("atlantic.events.order.inventory_reserved", cb=on_reserved)
-            stop = time.perf_counter() + sizes.seconds
-
-            async def shopper(n: int) -> None:
-                headers = {"Authorization": f"Bearer {tokens[n % len(tokens)]}"}
-                while (began := time.perf_counter()) < stop:
-                    body = json.dumps({"items": [{"productId": product_ids[n % 8],
-                                                  "quantity": 1}]}).encode()
-                    reply = await nc.request("atlantic.orders.create", body, timeout=30,
-                                             headers=headers | {"Idempotency-Key": new_id()})
-                    sent[json.loads(reply.data)["orderId"]] = began
-
-            first = time.perf_counter()
-            await asyncio.gather(*(shopper(n) for n in range(64)))
-            deadline = time.perf_counter() + 120
-            # The events arrive on a callback; polling two dicts is simpler than signalling.
-            while set(sent) - set(reserved) and time.perf_counter() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-            done = [o for o in sent if o in reserved]
-            last = max(reserved[o] for o in done)
-            latencies = [reserved[o] - sent[o] for o in done]
-            for name, process in processes.items():
-                rss[f"{name} (saga, {layout})"] = peak_rss_mb(process.pid)
-        finally:
-            await nc.close()
-    rate = len(done) / (last - first)
-    p99 = percentile(latencies, .99)
-    lost = len(sent) - len(done)
-    return Row(f"order saga, {layout} (64 callers)",
-               f"{rate:,.0f} orders/s created→reserved ({len(done)} orders"
-               f"{f', {lost} NOT reserved' if lost else ''}); p50 {ms(percentile(latencies, .5))},"
-               f" p99 {ms(p99)}", "",
-               "≥ 1,000 orders/s, p99 < 250 ms",
-               f"rate {miss(rate, 1000)}; p99 {miss(p99, 0.25, higher_is_better=False)}")
-
-
-async def _shopper(nc: nats.NATS, n: int) -> str:
-    email = f"bench-{new_id()[:8]}-{n}@example.com"
-    await nc.request("atlantic.users.register", json.dumps(
-        {"email": email, "password": PASSWORD, "name": "Bench"}).encode(), timeout=10)
-    reply = await nc.request("atlantic.users.login", json.dumps(
-        {"email": email, "password": PASSWORD}).encode(), timeout=10)
-    return json.loads(reply.data)["token"]
-
+# --- b. the order saga: runtime.bench.saga -------------------------------------------------------
 
 # --- c. analytics ingest -------------------------------------------------------------------------
 
@@ -321,15 +259,20 @@ def versions() -> str:
             f"nats-py {version('nats-py')}, {server}")
 
 
-async def run(base: Settings, quick: bool, only: set[str]) -> tuple[list[Row], dict[str, float]]:
+async def run(base: Settings, quick: bool, only: set[str],
+              plan: "Plan | None" = None) -> tuple[list[Row], dict[str, float], list[str]]:
+    """The rows, peak RSS by process, and further markdown tables (the saga's breakdowns)."""
+    from runtime.bench.saga import Plan, saga
+
     sizes = QUICK if quick else FULL
     rows: list[Row] = []
     rss: dict[str, float] = {}
+    notes: list[str] = []
     if "requests" in only:
         rows += await request_reply(base, sizes, rss)
     if "saga" in only:
-        rows.append(await saga(base, sizes, "one process", rss))
-        rows.append(await saga(base, sizes, "process per set", rss))
+        saga_rows, notes = await saga(base, plan or Plan(), sizes.saga_seconds, rss)
+        rows += saga_rows
     if "ingest" in only:
         rows += await ingest(base, sizes, rss)
     if "queries" in only:
@@ -337,10 +280,11 @@ async def run(base: Settings, quick: bool, only: set[str]) -> tuple[list[Row], d
 
         with tempfile.TemporaryDirectory(prefix="atlantic-bench-") as tmp:
             rows += await asyncio.to_thread(dashboard, sizes, Path(tmp))
-    return rows, rss
+    return rows, rss, notes
 
 
-def markdown(rows: list[Row], rss: dict[str, float], command: str, seconds: float) -> str:
+def markdown(rows: list[Row], rss: dict[str, float], command: str, seconds: float,
+             notes: list[str] = ()) -> str:
     lines = [f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — `{command}`", "",
              f"- machine: {machine()}", f"- versions: {versions()}",
              f"- took {seconds / 60:.1f} min", "",
@@ -351,4 +295,6 @@ def markdown(rows: list[Row], rss: dict[str, float], command: str, seconds: floa
     if rss:
         lines += ["", "| process | peak RSS under load |", "|---|---|"]
         lines += [f"| {name} | {mb:.0f} MiB |" for name, mb in rss.items()]
+    for note in notes:
+        lines += ["", note]
     return "\n".join(lines) + "\n"

@@ -2,8 +2,8 @@
 database, Redis key prefix and chDB directory, and handler sets in `atlantic serve` processes
 laid out as asked. Used by `atlantic bench` and by the loadgen's test."""
 
-import asyncio
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
+import nats.errors
 
 from runtime.cli import ensure_admin, ensure_demo_catalog
 from runtime.services import NatsServer, free_port
@@ -34,24 +35,26 @@ class World:
         return os.environ | self.settings.environment() | {"ATLANTIC_LOG_LEVEL": "WARNING"} \
             | overrides
 
-    async def serve(self, sets: list[str], **env: str) -> subprocess.Popen:
-        """`atlantic serve --handlers a,b` in a child process, once every set answers."""
+    async def serve(self, sets: list[str], *, key: str | None = None,
+                    **env: str) -> subprocess.Popen:
+        """`atlantic serve --handlers a,b` in a child process, kept as processes[key] (by default
+        the sets' names; a second replica needs a key of its own), once every set answers from as
+        many instances as this world now runs."""
         name = ",".join(sets)
         # A plain Popen (it returns at once): stop() and the bench's RSS readings are sync.
         process = subprocess.Popen(  # noqa: ASYNC220
             [ATLANTIC, "serve", "--handlers", name], env=self.env(**env))
-        self.processes[name] = process
+        self.processes[key or name] = process
         nc = await nats.connect(self.settings.nats_url)
         try:
             for handler_set in sets:
-                for _ in range(600):
+                instances = sum(handler_set in p.args[-1].split(",")
+                                for p in self.processes.values())
+                for _ in range(300):
                     if process.poll() is not None:
                         raise RuntimeError(f"atlantic serve --handlers {name} exited")
-                    try:
-                        await nc.request(f"$SRV.PING.atlantic-{handler_set}", b"", timeout=0.2)
+                    if await _answering(nc, handler_set, instances) >= instances:
                         break
-                    except Exception:  # not up yet
-                        await asyncio.sleep(0.1)
                 else:
                     raise RuntimeError(f"{handler_set} did not answer within a minute")
         finally:
@@ -67,6 +70,21 @@ class World:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+async def _answering(nc: nats.NATS, handler_set: str, wanted: int) -> int:
+    """How many instances of a set answer one $SRV.PING within 0.2 s (up to `wanted`)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(f"$SRV.PING.atlantic-{handler_set}", b"", reply=inbox)
+    ids: set[str] = set()
+    with contextlib.suppress(nats.errors.TimeoutError):
+        while len(ids) < wanted:
+            msg = await sub.next_msg(timeout=0.2)
+            if msg.data:  # not the server's empty "no responders" status
+                ids.add(json.loads(msg.data)["id"])
+    await sub.unsubscribe()
+    return len(ids)
 
 
 @contextlib.asynccontextmanager
