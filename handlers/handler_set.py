@@ -50,6 +50,9 @@ class EventConsumer:
     handler: BatchHandler
     max_deliver: int = EVENT_MAX_DELIVER
     backoff: tuple[float, ...] = EVENT_BACKOFF_SECONDS
+    # Consumers this one took over: it starts where the slowest of them stopped, with their
+    # inbox marks, and they are removed (runtime.consumers).
+    replaces: tuple[str, ...] = ()
 
 
 @dataclass
@@ -75,7 +78,7 @@ class HandlerSet:
         return register
 
     def event(self, *subjects: str, durable: str, max_deliver: int = EVENT_MAX_DELIVER,
-              backoff: tuple[float, ...] = EVENT_BACKOFF_SECONDS,
+              backoff: tuple[float, ...] = EVENT_BACKOFF_SECONDS, replaces: tuple[str, ...] = (),
               ) -> Callable[[BatchHandler], BatchHandler]:
         """Declares a durable JetStream consumer of these subjects, whose handler takes a batch
         of events in one transaction (handlers.batches); each event is acked after the commit,
@@ -83,7 +86,7 @@ class HandlerSet:
 
         def register(handler: BatchHandler) -> BatchHandler:
             self.consumers.append(
-                EventConsumer(subjects, durable, handler, max_deliver, backoff))
+                EventConsumer(subjects, durable, handler, max_deliver, backoff, replaces))
             return handler
 
         return register

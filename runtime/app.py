@@ -103,7 +103,8 @@ class AppResources:
                 batches = BatchConsumer(
                     consumer, hs.outbox_schema, nc=nc, js=js, pool=self.pool,
                     relay=self.relays.get(hs.outbox_schema or ""), context=self.app.context,
-                    linger=self.settings.event_batch_linger_seconds)
+                    linger=self.settings.event_batch_linger_seconds,
+                    ack_wait=self.settings.event_ack_wait_seconds)
                 await batches.start()
                 self.consumers.append(batches)
         for hs in self.sets:

@@ -36,6 +36,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from pydantic import TypeAdapter, ValidationError
 
 from contracts.errors import AtlanticError
@@ -43,7 +44,7 @@ from contracts.events import STREAM
 from handlers.batches import Applied, Delivery, apply, event_type
 from handlers.handler_set import EventConsumer
 from runtime.relay import OutboxRelay
-from storage import deadletters
+from storage import deadletters, inbox
 
 log = logging.getLogger("atlantic.consumers")
 
@@ -55,7 +56,6 @@ MAX_BATCH = 200  # events applied in one transaction
 PULL_BATCH = 256  # events one pull request may bring
 PULL_EXPIRES = 2.0  # an open request lasts this long; an idle consumer renews it this often
 MAX_ACK_PENDING = 1_000  # events handed out and not yet acked, per consumer
-ACK_WAIT_SECONDS = 30.0  # a crashed consumer's unacked events come back after this
 
 
 class Pull:
@@ -150,14 +150,15 @@ class BatchConsumer:
 
     def __init__(self, consumer: EventConsumer, schema: str | None, *, nc: NATS,
                  js: JetStreamContext, pool: asyncpg.Pool, relay: OutboxRelay | None,
-                 context: ContextRepo, linger: float):
+                 context: ContextRepo, linger: float, ack_wait: float):
         self.consumer, self.schema = consumer, schema
         self._nc, self._js, self._pool, self._relay = nc, js, pool, relay
-        self._context, self._linger = context, linger
+        self._context, self._linger, self._ack_wait = context, linger, ack_wait
         self._events: TypeAdapter[Any] = event_type(consumer.handler)
         self._pull = Pull(nc, consumer.durable, recover=self._declare)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.batches = self.events = 0  # handled since start
 
     @property
     def durable(self) -> str:
@@ -169,7 +170,37 @@ class BatchConsumer:
         self._task = asyncio.create_task(self._run(), name=f"consumer-{self.durable}")
 
     async def _declare(self) -> None:
-        await self._js.add_consumer(STREAM, consumer_config(self.consumer))  # create or update
+        """Creates the consumer, or updates the one there (its start position stays)."""
+        config = consumer_config(self.consumer, self._ack_wait)
+        try:
+            existing = (await self._js.consumer_info(STREAM, self.durable)).config
+        except NotFoundError:
+            await self._take_over(config)
+        else:
+            config.deliver_policy = existing.deliver_policy
+            config.opt_start_seq = existing.opt_start_seq
+        await self._js.add_consumer(STREAM, config)
+        for former in self.consumer.replaces:
+            with contextlib.suppress(NotFoundError):
+                await self._js.delete_consumer(STREAM, former)
+
+    async def _take_over(self, config: ConsumerConfig) -> None:
+        """The first start of a consumer that took over others: it begins where the slowest of
+        them stopped, with their inbox marks, so no event is skipped or applied twice."""
+        starts = []
+        for former in self.consumer.replaces:
+            with contextlib.suppress(NotFoundError):
+                info = await self._js.consumer_info(STREAM, former)
+                starts.append(info.ack_floor.stream_seq + 1)
+        if not starts:
+            return
+        if self.schema:
+            async with self._pool.acquire() as db:
+                await inbox.adopt(db, self.schema, self.durable, self.consumer.replaces)
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = min(starts)
+        log.warning("%s takes over from %s at stream sequence %d", self.durable,
+                    ", ".join(self.consumer.replaces), config.opt_start_seq)
 
     async def stop(self, timeout: float) -> None:
         """Stops taking events; the batch in hand is finished and acked, the rest handed back."""
@@ -185,6 +216,7 @@ class BatchConsumer:
         for msg in self._pull.take(len(self._pull.buffer)):
             with contextlib.suppress(Exception):  # not acked either way: redelivered
                 await msg.nak()
+        log.info("%s handled %d events in %d batches", self.durable, self.events, self.batches)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -194,6 +226,7 @@ class BatchConsumer:
             if self._stopping:
                 return
             batch = self._pull.take(MAX_BATCH)
+            self.batches, self.events = self.batches + 1, self.events + len(batch)
             try:
                 await self._handle(batch)
             except Exception:  # NATS or PostgreSQL away: the unacked events come back
@@ -292,16 +325,18 @@ class BatchConsumer:
         await msg.ack()
 
 
-def consumer_config(consumer: EventConsumer) -> ConsumerConfig:
+def consumer_config(consumer: EventConsumer, ack_wait: float) -> ConsumerConfig:
     """Durable, explicit acks, exactly the consumer's subjects. Failures are naked with their
     backoff delay and dead-lettered here, so the server neither limits deliveries (an outage
-    must not use them up) nor sets a backoff (it would shorten the ack wait of every event)."""
+    must not use them up) nor sets a backoff (it would become the ack wait of every event: with
+    FastStream's consumers a batch not acked within 50 ms was delivered again). The ack wait is
+    how long a crashed consumer's events wait to come back."""
     return ConsumerConfig(
         durable_name=consumer.durable,
         filter_subjects=list(consumer.subjects),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        ack_wait=ACK_WAIT_SECONDS,
+        ack_wait=ack_wait,
         max_deliver=-1,
         backoff=[],
         max_ack_pending=MAX_ACK_PENDING,

@@ -42,3 +42,12 @@ async def record_batch(db: asyncpg.Connection, schema: str, consumer: str,
         " SELECT coalesce(array_agg(event_id), '{}') FROM marked",
         consumer, sorted(event_ids), *outbox.columns(rows))
     return set(event_ids) - set(marked), rows
+
+
+async def adopt(db: asyncpg.Connection, schema: str, consumer: str,
+                former: Sequence[str]) -> None:
+    """Gives a consumer the marks of the consumers it takes over."""
+    await db.execute(
+        f"INSERT INTO {_table(schema)} (consumer, event_id)"
+        f" SELECT $1, event_id FROM {_table(schema)} WHERE consumer = ANY($2::text[])"
+        " ON CONFLICT DO NOTHING", consumer, list(former))

@@ -436,7 +436,7 @@ async def test_the_same_order_created_delivered_twice_places_one_hold(admin, cli
     await publish(client, created)
     await publish(client, created, msg_id=new_id())  # past JetStream's de-duplication
     last = await publish(client, again)
-    await consumed(client, saga.HOLD, last)
+    await consumed(client, saga.STOCK_CONSUMER, last)
 
     stock = await stock_of(client, product["productId"])
     verdicts = await events_for(client, "atlantic.events.order.validated", {created.order_id}, 1)
@@ -519,10 +519,10 @@ async def test_a_cancel_that_overtakes_its_order_leaves_nothing_held(admin, clie
     created = order(product["productId"], quantity=2)
 
     await publish(client, OrderCancelled(order_id=created.order_id, cancellation_reason="quick"))
-    await consumed(client, saga.CANCEL, await publish(client, OrderCancelled(
+    await consumed(client, saga.STOCK_CONSUMER, await publish(client, OrderCancelled(
         order_id=new_id(), cancellation_reason="barrier")))
     last = await publish(client, created)
-    await consumed(client, saga.HOLD, last)
+    await consumed(client, saga.STOCK_CONSUMER, last)
 
     assert (await stock_of(client, product["productId"]))["held"] == 0
 
