@@ -30,7 +30,7 @@ E = TypeVar("E")
 @dataclass(frozen=True, slots=True)
 class Delivery(Generic[E]):
     event: E
-    event_id: str  # the Nats-Msg-Id: the inbox key
+    event_id: str  # the inbox key: the event's own eventId
     attempt: int = 1  # 1 on the first delivery, 2 on the first redelivery...
 
 

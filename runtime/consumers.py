@@ -35,7 +35,7 @@ from faststream.context import ContextRepo
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import TypeAdapter, ValidationError
 
@@ -170,37 +170,36 @@ class BatchConsumer:
         self._task = asyncio.create_task(self._run(), name=f"consumer-{self.durable}")
 
     async def _declare(self) -> None:
-        """Creates the consumer, or updates the one there (its start position stays)."""
+        """Creates the consumer, or updates the one there (its start position stays). A new
+        consumer that takes over others starts where the slowest of them stopped; they are
+        removed and their inbox marks become its own before it takes an event, so none is
+        skipped or applied twice."""
         config = consumer_config(self.consumer, self._ack_wait)
-        try:
-            existing = (await self._js.consumer_info(STREAM, self.durable)).config
-        except NotFoundError:
-            await self._take_over(config)
-        else:
-            config.deliver_policy = existing.deliver_policy
-            config.opt_start_seq = existing.opt_start_seq
+        existing = await self._info(self.durable)
+        formers = [i for f in self.consumer.replaces if (i := await self._info(f)) is not None]
+        if existing is not None:
+            config.deliver_policy = existing.config.deliver_policy
+            config.opt_start_seq = existing.config.opt_start_seq
+        elif formers:
+            last = (await self._js.stream_info(STREAM)).state.last_seq
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = min(
+                last + 1 if f.num_pending + f.num_ack_pending == 0 else f.ack_floor.stream_seq + 1
+                for f in formers)
+            log.warning("%s takes over from %s at stream sequence %d", self.durable,
+                        ", ".join(f.name for f in formers), config.opt_start_seq)
         await self._js.add_consumer(STREAM, config)
-        for former in self.consumer.replaces:
-            with contextlib.suppress(NotFoundError):
-                await self._js.delete_consumer(STREAM, former)
-
-    async def _take_over(self, config: ConsumerConfig) -> None:
-        """The first start of a consumer that took over others: it begins where the slowest of
-        them stopped, with their inbox marks, so no event is skipped or applied twice."""
-        starts = []
-        for former in self.consumer.replaces:
-            with contextlib.suppress(NotFoundError):
-                info = await self._js.consumer_info(STREAM, former)
-                starts.append(info.ack_floor.stream_seq + 1)
-        if not starts:
-            return
-        if self.schema:
+        for former in formers:
+            await self._js.delete_consumer(STREAM, former.name)
+        if formers and self.schema:  # after the deletes: whatever they applied is marked
             async with self._pool.acquire() as db:
                 await inbox.adopt(db, self.schema, self.durable, self.consumer.replaces)
-        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-        config.opt_start_seq = min(starts)
-        log.warning("%s takes over from %s at stream sequence %d", self.durable,
-                    ", ".join(self.consumer.replaces), config.opt_start_seq)
+
+    async def _info(self, durable: str) -> ConsumerInfo | None:
+        try:
+            return await self._js.consumer_info(STREAM, durable)
+        except NotFoundError:
+            return None
 
     async def stop(self, timeout: float) -> None:
         """Stops taking events; the batch in hand is finished and acked, the rest handed back."""
@@ -241,8 +240,10 @@ class BatchConsumer:
                 await self._dead_letter(msg, _malformed(exc))
                 continue
             meta = msg.metadata
-            event_id = (msg.headers or {}).get("Nats-Msg-Id") or getattr(event, "event_id", None) \
-                or f"seq-{meta.sequence.stream}"
+            # The inbox key is the event's own id: the same event published again under
+            # another Nats-Msg-Id (a republish past the duplicate window) is still itself.
+            event_id = getattr(event, "event_id", None) or (msg.headers or {}).get(
+                "Nats-Msg-Id") or f"seq-{meta.sequence.stream}"
             deliveries.append((msg, Delivery(event, event_id, meta.num_delivered)))
         if not deliveries:
             return
@@ -273,20 +274,21 @@ class BatchConsumer:
 
     async def _settle(self, deliveries: list[tuple[Msg, Delivery[Any]]], applied: Applied
                       ) -> None:
-        """After the commit: publish what the batch emitted, ack its events (or hand back the
-        early ones), then the after-commit work."""
+        """After the commit: publish what the batch emitted, the after-commit work, then ack
+        its events (or hand back the early ones). A crash before the acks redelivers them, and
+        their inbox marks make that a no-op."""
         if applied.published and self._relay:
             await self._relay.send(applied.published)
-        for msg, delivery in deliveries:
-            if (reason := applied.retries.get(delivery.event_id)) is not None:
-                await self._retry(msg, delivery, f"EventTooEarly: {reason}", routine=True)
-            else:
-                await msg.ack()
         for hook in applied.hooks:
             try:
                 await hook()
             except Exception:  # a cache that misses an invalidation expires on its own
                 log.warning("%s: after-commit work failed", self.durable, exc_info=True)
+        for msg, delivery in deliveries:
+            if (reason := applied.retries.get(delivery.event_id)) is not None:
+                await self._retry(msg, delivery, f"EventTooEarly: {reason}", routine=True)
+            else:
+                await msg.ack()
 
     async def _failed(self, msg: Msg, delivery: Delivery[Any], exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"
