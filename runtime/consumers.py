@@ -56,6 +56,7 @@ MAX_BATCH = 200  # events applied in one transaction
 PULL_BATCH = 256  # events one pull request may bring
 PULL_EXPIRES = 2.0  # an open request lasts this long; an idle consumer renews it this often
 MAX_ACK_PENDING = 1_000  # events handed out and not yet acked, per consumer
+RATE_WEIGHT = 0.2  # how much the latest batch moves the estimate of the event rate
 
 
 class Pull:
@@ -159,6 +160,7 @@ class BatchConsumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.batches = self.events = 0  # handled since start
+        self._rate, self._taken_at = 0.0, time.monotonic()  # events a second, as lately taken
 
     @property
     def durable(self) -> str:
@@ -220,16 +222,25 @@ class BatchConsumer:
     async def _run(self) -> None:
         while not self._stopping:
             await self._pull.arrived.wait()
-            if self._linger and len(self._pull.buffer) < MAX_BATCH and not self._stopping:
-                await asyncio.sleep(self._linger)  # let a quiet moment's events join the batch
+            if self._worth_lingering():
+                await asyncio.sleep(self._linger)  # let the next events join this batch
             if self._stopping:
                 return
             batch = self._pull.take(MAX_BATCH)
             self.batches, self.events = self.batches + 1, self.events + len(batch)
+            now = time.monotonic()
+            self._rate += RATE_WEIGHT * (len(batch) / max(now - self._taken_at, 1e-3) - self._rate)
+            self._taken_at = now
             try:
                 await self._handle(batch)
             except Exception:  # NATS or PostgreSQL away: the unacked events come back
                 log.exception("%s: a batch of %d events failed", self.durable, len(batch))
+
+    def _worth_lingering(self) -> bool:
+        """A small batch waits for company only when events come often enough that some will
+        join it: a quiet shop gets each event at once, a busy one pays per batch less often."""
+        return (not self._stopping and len(self._pull.buffer) < MAX_BATCH
+                and self._rate * self._linger >= 1)
 
     async def _handle(self, msgs: list[Msg]) -> None:
         deliveries: list[tuple[Msg, Delivery[Any]]] = []

@@ -113,7 +113,8 @@ class OutboxRelay:
                     await self.drain()
                 if time.monotonic() - last_sweep >= self._sweep_seconds:
                     last_sweep = time.monotonic()
-                    await self.drain(older_than_seconds=self._stale_seconds)
+                    if await outbox.any_waiting(self._pool, self.schema, self._stale_seconds):
+                        await self.drain(older_than_seconds=self._stale_seconds)
                 if time.monotonic() - last_cleanup > CLEANUP_EVERY_SECONDS:
                     async with self._pool.acquire() as db:
                         await outbox.delete_published(

@@ -64,12 +64,13 @@ class Settings(BaseSettings):
     # insert.
     analytics_ack_wait_seconds: float = Field(60.0, ge=1)
 
-    # Event consumers apply what arrived while they worked as one batch; a batch that starts
-    # small waits this long for company (fewer transactions, at this much latency per hop).
+    # Event consumers apply what arrived while they worked as one batch; when events come often
+    # enough that more would join, a batch that starts small waits this long for them (fewer
+    # transactions, at this much latency per hop).
     # Events a consumer took and never acked (it crashed) come back after the ack wait, which
     # stays below the 14 s an early event is retried for (handlers.handler_set), so an event
     # never gives up on a predecessor that a crash is still holding.
-    event_batch_linger_seconds: float = Field(0.01, ge=0, le=1)
+    event_batch_linger_seconds: float = Field(0.02, ge=0, le=1)
     event_ack_wait_seconds: float = Field(10.0, ge=1, le=12)
 
     request_workers: int = Field(32, ge=1, le=1024)

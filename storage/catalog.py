@@ -26,6 +26,7 @@ from contracts.catalog import (
     QuotedLine,
 )
 from contracts.errors import Conflict, Unprocessable
+from storage.postgres import ConcurrentChange
 
 _PRODUCT = ("id AS product_id, sku, name, description, price, category, active,"
             " on_hand - held - reserved AS available, created_at, updated_at")
@@ -311,12 +312,6 @@ class _Hold:
     expired: bool
     lines: dict[str, int]
     expires_in: float = 0.0  # for a hold this batch creates: seconds from now
-
-
-class ConcurrentChange(Exception):
-    """Another transaction created a hold this batch took for new; the batch is retried."""
-
-    routine = True  # two replicas on one order's events at once: logged at INFO
 
 
 def _shortfalls(wanted: dict[str, int], stock: dict[str, _Stock], *, for_sale: bool = True

@@ -154,30 +154,8 @@ async def set_status(db: asyncpg.Connection, order_id: str, status: OrderStatus,
         order_id, status, note)
 
 
-async def record_charge(db: asyncpg.Connection, order_id: str, amount: Decimal) -> None:
-    await db.execute(
-        "UPDATE orders.orders SET paid_amount = $2, updated_at = now() WHERE id = $1",
-        order_id, amount)
 
 
-async def add_refund(db: asyncpg.Connection, order_id: str, amount: Decimal) -> None:
-    await db.execute(
-        "UPDATE orders.orders SET refunded_amount = refunded_amount + $2, updated_at = now()"
-        " WHERE id = $1", order_id, amount)
-
-
-async def record_ignored(db: asyncpg.Connection, event_id: str, order_id: str, event: str,
-                         status_then: str, reason: str) -> None:
-    await db.execute(
-        "INSERT INTO orders.ignored_events (event_id, order_id, event, status_then, reason)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        event_id, order_id, event, status_then, reason)
-
-
-async def ignored_events(db: asyncpg.Connection, order_id: str) -> list[asyncpg.Record]:
-    return await db.fetch(
-        "SELECT event_id, event, status_then, reason FROM orders.ignored_events"
-        " WHERE order_id = $1 ORDER BY at", order_id)
 
 
 async def view(db: asyncpg.Connection | asyncpg.Pool, order_id: str) -> Order | None:

@@ -67,6 +67,14 @@ async def claim_unpublished(
     return [OutboxRow(r["event_id"], r["subject"], bytes(r["payload"])) for r in rows]
 
 
+async def any_waiting(db: asyncpg.Connection | asyncpg.Pool, schema: str,
+                      older_than_seconds: float) -> bool:
+    """Whether a row older than that waits unpublished: one round trip, no transaction."""
+    return await db.fetchval(
+        f"SELECT EXISTS (SELECT FROM {table(schema)} WHERE published_at IS NULL"
+        "  AND created_at <= clock_timestamp() - make_interval(secs => $1))", older_than_seconds)
+
+
 async def mark_published(db: asyncpg.Connection, schema: str, event_ids: Sequence[str]) -> None:
     await db.execute(
         f"UPDATE {table(schema)} SET published_at = clock_timestamp()"

@@ -15,6 +15,13 @@ class _PooledConnection(asyncpg.Connection):
         return ""
 
 
+class ConcurrentChange(Exception):
+    """Another transaction wrote a row this one read as missing (a payment, a hold): the
+    transaction is rolled back and tried again, over the row that is there now."""
+
+    routine = True  # two replicas on one order's events at once: logged at INFO
+
+
 async def open_pool(dsn: str, size: int) -> asyncpg.Pool:
     return await asyncpg.create_pool(dsn, min_size=1, max_size=size,
                                      connection_class=_PooledConnection)
