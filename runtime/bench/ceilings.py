@@ -1,6 +1,9 @@
 """The ceilings Atlantic's numbers are read against, each run as its own process like the
 handler sets are:
 
+    python -m runtime.bench.ceilings echo-responder NATS_URL SUBJECT
+        a raw nats-py echo responder: every request answered with its own body. The floor of
+        request-reply in Python on this NATS server.
     python -m runtime.bench.ceilings responder NATS_URL REDIS_URL PREFIX SUBJECT
         a raw nats-py responder doing what catalog.products.get does on a cache hit: validate
         the request, read Redis, validate the product, reply with its JSON.
@@ -25,6 +28,17 @@ from redis.asyncio import Redis
 from contracts.catalog import GetProduct
 from contracts.events import ALL_EVENTS, STREAM
 from storage.cache import ProductCache
+
+
+async def echo_responder(nats_url: str, subject: str) -> None:
+    nc = await nats.connect(nats_url)
+
+    async def answer(msg) -> None:
+        await msg.respond(msg.data)
+
+    await nc.subscribe(subject, queue="raw", cb=answer)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
 
 
 async def responder(nats_url: str, redis_url: str, prefix: str, subject: str) -> None:
@@ -101,7 +115,9 @@ async def echo(nats_url: str, count: int) -> None:
 
 if __name__ == "__main__":
     kind, *args = sys.argv[1:]
-    if kind == "responder":
+    if kind == "echo-responder":
+        asyncio.run(echo_responder(*args))
+    elif kind == "responder":
         asyncio.run(responder(*args))
     elif kind == "echo":
         asyncio.run(echo(args[0], int(args[1])))

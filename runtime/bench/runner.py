@@ -6,13 +6,15 @@ database and chDB directory, and the handler sets in `atlantic serve` processes,
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +24,7 @@ import nats
 
 from contracts.base import new_id
 from contracts.events import OrderCreated, OrderItem
+from handlers import HANDLER_SETS
 from runtime.bench.world import World, open_world
 from runtime.loadgen import percentile
 from runtime.settings import Settings
@@ -73,14 +76,15 @@ def peak_rss_mb(pid: int) -> float:
 
 
 async def hammer(nc: nats.NATS, subject: str, payload: bytes, in_flight: int,
-                 seconds: float) -> tuple[float, list[float]]:
+                 seconds: float, headers: dict[str, str] | None = None,
+                 ) -> tuple[float, list[float]]:
     """Requests back to back from `in_flight` callers; (requests/s, latencies)."""
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
 
     async def caller() -> None:
         while (began := time.perf_counter()) < stop:
-            await nc.request(subject, payload, timeout=10)
+            await nc.request(subject, payload, timeout=10, headers=headers)
             latencies.append(time.perf_counter() - began)
 
     began = time.perf_counter()
@@ -90,42 +94,152 @@ async def hammer(nc: nats.NATS, subject: str, payload: bytes, in_flight: int,
 
 # --- a. request-reply --------------------------------------------------------------------------
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used so far (/proc/<pid>/stat, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Served:
+    rate: float
+    latencies: list[float]
+    cpu: float  # seconds of the responding process's CPU per request
+
+    def describe(self) -> str:
+        return (f"{self.rate:,.0f} req/s, p50 {ms(percentile(self.latencies, .5))}, "
+                f"p99 {ms(percentile(self.latencies, .99))}, {self.cpu * 1e6:,.0f} µs CPU/req")
+
+
+@dataclass
+class Responder:
+    """Something that answers a request, and the process whose CPU it spends."""
+
+    nc: nats.NATS
+    pid: int
+    subject: str
+    payload: bytes
+    headers: dict[str, str] | None = None
+    runs: list[Served] = field(default_factory=list)
+
+    async def measure(self, in_flight: int, seconds: float) -> None:
+        before = cpu_seconds(self.pid)
+        rate, latencies = await hammer(self.nc, self.subject, self.payload, in_flight, seconds,
+                                       self.headers)
+        self.runs.append(Served(rate, latencies, (cpu_seconds(self.pid) - before)
+                                / max(len(latencies), 1)))
+
+    def median(self) -> Served:
+        """The median round's rate and CPU; latencies of every round."""
+        return Served(statistics.median(r.rate for r in self.runs),
+                      [x for r in self.runs for x in r.latencies],
+                      statistics.median(r.cpu for r in self.runs))
+
+
+async def interleaved(responders: list[Responder], in_flight: int, seconds: float,
+                      rounds: int = 3) -> None:
+    """A B C A B C ...: each responder measured `rounds` times, turn about, after a warm-up, so
+    that the machine's drift falls on all of them alike (PERFORMANCE.md, rule 4)."""
+    for r in responders:
+        await hammer(r.nc, r.subject, r.payload, in_flight, 1, r.headers)
+        r.runs.clear()
+    for _ in range(rounds):
+        for r in responders:
+            await r.measure(in_flight, seconds)
+
+
+async def idle_share(pid: int, seconds: float = 2) -> float:
+    """The share of a core the process uses while nothing is asked of it."""
+    before = cpu_seconds(pid)
+    await asyncio.sleep(seconds)
+    return (cpu_seconds(pid) - before) / seconds
+
+
+REQUEST_LAYOUTS = {"catalog alone": ["catalog"], "one process": list(HANDLER_SETS)}
+
+
 async def request_reply(base: Settings, sizes: Sizes, rss: dict[str, float]) -> list[Row]:
-    async with open_world(base, f"bench_rr_{os.getpid()}") as world:
-        catalog = await world.serve(["catalog", "users"])
-        raw = subprocess.Popen([  # noqa: ASYNC220 (returns at once)
-            sys.executable, "-m", "runtime.bench.ceilings", "responder",
-                                world.settings.nats_url, world.settings.redis_url,
-                                world.settings.redis_prefix, "bench.raw.products.get"],
-                               stdout=subprocess.PIPE)
-        await asyncio.to_thread(raw.stdout.readline)  # "ready"
-        nc = await nats.connect(world.settings.nats_url)
-        try:
+    """A cached catalog.products.get, from the catalog alone and from one process running every
+    set (each in a world of its own, both up at once, measured turn about), beside a raw nats-py
+    echo responder and a raw cached-read responder (Redis GET and pydantic,
+    runtime.bench.ceilings); then catalog.quote and orders.create. CPU per request is read off
+    each responding process."""
+    from runtime.bench.saga import _shopper  # saga.py builds on this module
+
+    seconds = sizes.seconds / 2  # per round; three rounds each
+    async with contextlib.AsyncExitStack() as stack:
+        ours: dict[str, Responder] = {}
+        quotes: dict[str, Responder] = {}
+        idle: dict[str, float] = {}
+        for n, (layout, sets) in enumerate(REQUEST_LAYOUTS.items()):
+            world = await stack.enter_async_context(
+                open_world(base, f"bench_rr{n}_{os.getpid()}"))
+            # Small pools: other work on the machine shares PostgreSQL's connections.
+            await world.serve(["users"], ATLANTIC_POSTGRES_POOL_SIZE="2")  # the admin's sign-in
+            process = await world.serve(sets, ATLANTIC_POSTGRES_POOL_SIZE="4")
+            stack.callback(lambda pid=process.pid, name=layout:
+                           rss.__setitem__(f"{name} (request-reply)", peak_rss_mb(pid)))
+            nc = await nats.connect(world.settings.nats_url)
+            stack.push_async_callback(nc.close)
             product_id = await _product(nc, world)
-            payload = json.dumps({"productId": product_id}).encode()
-            await nc.request("atlantic.catalog.products.get", payload, timeout=5)  # cache it
-            rows = []
-            for in_flight in (1, 64):
-                await hammer(nc, "atlantic.catalog.products.get", payload, in_flight, 1)  # warm
-                ours, lat = await hammer(nc, "atlantic.catalog.products.get", payload, in_flight,
-                                         sizes.seconds)
-                await hammer(nc, "bench.raw.products.get", payload, in_flight, 1)
-                ceiling, raw_lat = await hammer(nc, "bench.raw.products.get", payload, in_flight,
-                                                sizes.seconds)
-                ratio = ours / ceiling
+            get = json.dumps({"productId": product_id}).encode()
+            await nc.request("atlantic.catalog.products.get", get, timeout=5)  # cache it
+            ours[layout] = Responder(nc, process.pid, "atlantic.catalog.products.get", get)
+            items = json.dumps({"items": [{"productId": product_id, "quantity": 1}]}).encode()
+            quotes[layout] = Responder(nc, process.pid, "atlantic.catalog.quote", items)
+            idle[layout] = await idle_share(process.pid)
+            if layout == "one process":
+                shopper = {"Authorization": f"Bearer {await _shopper(nc, 0)}"}
+                create = Responder(nc, process.pid, "atlantic.orders.create", items, shopper)
+        s = world.settings
+        echo = Responder(nc, _ceiling(stack, "echo-responder", s.nats_url, "bench.raw.echo"),
+                         "bench.raw.echo", get)
+        raw = Responder(nc, _ceiling(stack, "responder", s.nats_url, s.redis_url,
+                                     s.redis_prefix, "bench.raw.products.get"),
+                        "bench.raw.products.get", get)
+        rows = []
+        for in_flight in (1, 64):
+            await interleaved([*ours.values(), echo, raw], in_flight, seconds)
+            floor, read = echo.median(), raw.median()
+            goal = 0.5 if in_flight == 1 else 0.25
+            for layout, responder in ours.items():
+                got = responder.median()
+                ratio = got.rate / floor.rate
+                target, verdict = f"≥ {goal} of the echo", f"ratio {miss(ratio, goal)}"
+                if in_flight == 64:
+                    target += ", ≤ 300 µs CPU/req"
+                    verdict += f"; CPU {miss(got.cpu, 300e-6, higher_is_better=False)}"
                 rows.append(Row(
-                    f"request-reply catalog.products.get (cache hit), {in_flight} in flight",
-                    f"{ours:,.0f} req/s, p50 {ms(percentile(lat, .5))}, "
-                    f"p99 {ms(percentile(lat, .99))}",
-                    f"{ceiling:,.0f} req/s, p50 {ms(percentile(raw_lat, .5))}, "
-                    f"p99 {ms(percentile(raw_lat, .99))}; ratio {ratio:.2f}",
-                    "≥ 0.5 of the raw ceiling", miss(ratio, 0.5)))
-            rss["catalog+users (request-reply)"] = peak_rss_mb(catalog.pid)
-            return rows
-        finally:
-            await nc.close()
-            raw.terminate()
-            raw.wait()
+                    f"request-reply catalog.products.get (cache hit), {layout} "
+                    f"(idle {idle[layout]:.0%} of a core), {in_flight} in flight",
+                    got.describe(), f"echo {floor.describe()}; raw cached read "
+                    f"{read.describe()}; ratio to echo {ratio:.2f}", target, verdict))
+            if in_flight == 1:
+                alone, one = ours["catalog alone"].runs, ours["one process"].runs
+                share = statistics.median(o.rate / a.rate for o, a in zip(one, alone, strict=True))
+                rows.append(Row("request-reply, one process against the catalog alone, 1 in "
+                                "flight (median of the rounds' ratios)",
+                                f"{share:.2f} of the catalog alone's req/s", "", "≥ 0.8",
+                                miss(share, 0.8)))
+        await interleaved([*quotes.values(), create], 1, seconds)
+        for layout, responder in quotes.items():
+            rows.append(Row(f"request-reply catalog.quote, {layout}, 1 in flight",
+                            responder.median().describe()))
+        rows.append(Row("request-reply orders.create, one process, 1 in flight (CPU: the "
+                        "whole process, the saga each order sets off included)",
+                        create.median().describe()))
+        return rows
+
+
+def _ceiling(stack: contextlib.ExitStack | contextlib.AsyncExitStack, kind: str,
+             *args: str) -> int:
+    """Starts a ceiling responder (runtime.bench.ceilings) until the stack closes; its pid."""
+    process = subprocess.Popen([sys.executable, "-m", "runtime.bench.ceilings", kind, *args],
+                               stdout=subprocess.PIPE)
+    stack.callback(process.wait)
+    stack.callback(process.terminate)
+    process.stdout.readline()  # "ready"
+    return process.pid
 
 
 async def _admin_token(nc: nats.NATS, world: World) -> str:
