@@ -11,10 +11,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from faststream import AckPolicy
 from faststream.context import ContextRepo
 from faststream.nats import NatsRouter
 
 from handlers.batches import BatchHandler
+from handlers.endpoints import bind
 
 Handler = Callable[..., Any]
 # Something a set runs beside its handlers (a cache client, a sweeper): entered once the shared
@@ -129,10 +131,13 @@ class HandlerSet:
 
         return register
 
-    def router(self, *, workers: int) -> NatsRouter:
+    def router(self, *, workers: int, context: ContextRepo | None = None) -> NatsRouter:
+        """A fresh router of the set's endpoints, each bound to `context` (the broker's:
+        handlers.endpoints); without one, the router serves only to document them."""
         router = NatsRouter()
         for endpoint in self.endpoints:
-            router.subscriber(endpoint.subject, queue=self.queue, max_workers=workers)(
-                endpoint.handler
-            )
+            # A core NATS request has nothing to acknowledge: MANUAL leaves FastStream's
+            # acknowledgement middleware out of the request's path (it acked nothing).
+            router.subscriber(endpoint.subject, queue=self.queue, max_workers=workers,
+                              ack_policy=AckPolicy.MANUAL)(bind(endpoint.handler, context))
         return router

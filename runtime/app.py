@@ -163,9 +163,10 @@ def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> Fas
         graceful_timeout=settings.graceful_timeout_seconds,
         log_level=logging.DEBUG,  # per-message access logs only when asked for
     )
-    for hs in sets:
-        broker.include_router(hs.router(workers=settings.request_workers))
     app = FastStream(broker)
+    for hs in sets:
+        broker.include_router(hs.router(workers=settings.request_workers,
+                                        context=broker.context))
     resources = AppResources(app, broker, settings, sets)
     app.on_startup(resources.open)
     app.after_startup(resources.start_background)
