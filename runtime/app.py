@@ -54,9 +54,9 @@ class AppResources:
     """The pools and background tasks one process owns, whatever sets it runs."""
 
     def __init__(self, app: FastStream, broker: NatsBroker, settings: Settings,
-                 sets: list[HandlerSet]):
+                 sets: list[HandlerSet], stats: StatsBook):
         self.app, self.broker, self.settings, self.sets = app, broker, settings, sets
-        self.stats = StatsBook()
+        self.stats = stats
         self.pool: asyncpg.Pool | None = None
         self.redis: Redis | None = None
         self.relays: dict[str, OutboxRelay] = {}
@@ -75,7 +75,6 @@ class AppResources:
         context.set_global("settings", s)
         context.set_global("pool", self.pool)
         context.set_global("redis", self.redis)
-        context.set_global("endpoint_stats", self.stats)
         context.set_global("sessions", Sessions(
             self.redis, s.redis_prefix, idle_seconds=s.session_idle_seconds,
             absolute_seconds=s.session_absolute_seconds))
@@ -155,19 +154,24 @@ def _busy(subscriber: Any) -> bool:
 
 def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> FastStream:
     sets = select_sets(settings.handler_sets if set_names is None else set_names)
+    stats = StatsBook()
     broker = NatsBroker(
         settings.nats_url,
         name=f"atlantic[{','.join(hs.name for hs in sets)}]",
-        middlewares=[ErrorReplies],
+        middlewares=[ErrorReplies.for_stats(stats)],
         decoder=decode_json,
         graceful_timeout=settings.graceful_timeout_seconds,
-        log_level=logging.DEBUG,  # per-message access logs only when asked for
+        log_level=logging.DEBUG,
     )
+    # FastStream logs two access lines per message ("Received", "Processed"); ErrorReplies logs
+    # one per request (atlantic.requests, DEBUG). FastStream's errors still come through.
+    if (access := logging.getLogger("faststream.access.nats")).level == logging.NOTSET:
+        access.setLevel(logging.WARNING)
     app = FastStream(broker)
     for hs in sets:
         broker.include_router(hs.router(workers=settings.request_workers,
                                         context=broker.context))
-    resources = AppResources(app, broker, settings, sets)
+    resources = AppResources(app, broker, settings, sets, stats)
     app.on_startup(resources.open)
     app.after_startup(resources.start_background)
     app.on_shutdown(resources.stop_background)

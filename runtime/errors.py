@@ -6,6 +6,7 @@ errors and the unexpected, and returns the NATS micro error reply. Event consume
 JetStream redelivers them.
 """
 
+import functools
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from contracts.base import MAX_REQUEST_BYTES
 from contracts.errors import AtlanticError, BadRequest, Unprocessable
 
 log = logging.getLogger("atlantic.errors")
+access = logging.getLogger("atlantic.requests")
 
 
 async def decode_json(msg: Any, _original: Any) -> Any:
@@ -70,7 +72,19 @@ def error_response(error: AtlanticError) -> NatsResponse:
 
 
 class ErrorReplies(BaseMiddleware):
-    """Turns request failures into error replies and counts requests per endpoint for $SRV.STATS."""
+    """Turns request failures into error replies, counts requests per endpoint for $SRV.STATS,
+    and logs one DEBUG line per request. On success that is a clock read on each side, a dict
+    update and a disabled-level check: the stats book is bound once (`for_stats`), not looked
+    up in the context per message."""
+
+    def __init__(self, msg: Any, /, *, context: Any, stats: Any = None) -> None:
+        super().__init__(msg, context=context)
+        self.stats = stats
+
+    @classmethod
+    def for_stats(cls, stats: Any) -> Any:
+        """The middleware factory FastStream calls per message, with this process's book."""
+        return functools.partial(cls, stats=stats)
 
     async def consume_scope(self, call_next: Any, msg: Any) -> Any:
         if not msg.reply_to:
@@ -82,6 +96,10 @@ class ErrorReplies(BaseMiddleware):
         except Exception as exc:  # every failure is answered
             error = as_error(exc)
             result = error_response(error)
-        if (stats := self.context.get("endpoint_stats")) is not None:
-            stats.record(msg.raw_message.subject, time.perf_counter_ns() - started, error)
+        elapsed = time.perf_counter_ns() - started
+        subject = msg.raw_message.subject
+        if self.stats is not None:
+            self.stats.record(subject, elapsed, error)
+        if access.isEnabledFor(logging.DEBUG):
+            access.debug("%s %s %.2f ms", subject, error.status if error else 200, elapsed / 1e6)
         return result

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -98,6 +99,18 @@ async def test_srv_stats_counts_requests_and_errors(client):
     assert get.num_requests >= 1
     assert get.num_errors >= 1
     assert get.last_error.startswith("401")
+
+
+async def test_a_request_logs_one_debug_line_and_no_access_lines(client, caplog):
+    caplog.set_level(logging.DEBUG)
+
+    await client.call("atlantic.catalog.products.get", {"productId": f"none-{RUN_ID}"})
+
+    lines = [r for r in caplog.records if "atlantic.catalog.products.get" in r.getMessage()]
+    assert [(r.name, r.levelno) for r in lines] == [("atlantic.requests", logging.DEBUG)]
+    assert " 404 " in lines[0].getMessage()
+    assert not [r for r in caplog.records if r.name.startswith("faststream.access")
+                and r.getMessage() in ("Received", "Processed")]
 
 
 async def test_call_prints_the_reply_and_exits_zero(system, settings):
