@@ -27,10 +27,22 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 from fast_depends.dependencies import Dependant
 from faststream import ContextRepo
 from faststream._internal.context import Context as FastStreamContext
+from faststream.nats.response import NatsResponse
 from faststream.response import Response
 from pydantic import BaseModel
 
 MESSAGE = "message"  # the one context value that changes with every message
+
+
+class StoredReply(NatsResponse):
+    """A reply that was encoded earlier and stored (a cache entry holding the reply model's
+    JSON): sent as it is, with the content type FastStream gives a model it encodes itself, so
+    the client receives the same bytes and headers as from a fresh reply. A handler returning
+    one keeps its reply model as its return annotation: that is what the reply is, and what
+    the AsyncAPI document shows."""
+
+    def __init__(self, body: bytes):
+        super().__init__(body, headers={"content-type": "application/json"})
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,6 +3,7 @@ to JetStream the way the orders and payments sets will."""
 
 import asyncio
 import itertools
+import json
 from decimal import Decimal
 
 import asyncpg
@@ -222,6 +223,22 @@ async def test_a_product_update_is_visible_on_the_next_get(admin, client, system
 
     assert reply.body["price"] == 12.5
     assert reply.body["name"] == "Renamed Kettle"
+
+
+async def test_a_cached_get_replies_with_the_same_bytes_and_headers_as_a_fresh_one(admin, client,
+                                                                                 system):
+    product = await create(admin)
+    request = json.dumps({"productId": product["productId"]}).encode()
+
+    fresh = await client.nc.request(PRODUCTS_GET, request, timeout=5)  # a miss: now cached
+    cached = await client.nc.request(PRODUCTS_GET, request, timeout=5)
+
+    assert await system.context.get("product_cache").stored(product["productId"])
+    assert cached.data == fresh.data
+    assert json.loads(cached.data)["productId"] == product["productId"]
+    assert {k: v for k, v in cached.headers.items() if k != "correlation_id"} \
+        == {k: v for k, v in fresh.headers.items() if k != "correlation_id"} \
+        == {"content-type": "application/json"}
 
 
 async def test_stock_changes_are_visible_on_the_next_get(admin, client):

@@ -10,7 +10,7 @@ from faststream import ContextRepo, Depends
 
 from contracts.base import Request, Wire
 from handlers.deps import Context
-from handlers.endpoints import bind
+from handlers.endpoints import StoredReply, bind
 
 
 class Ask(Request):
@@ -125,13 +125,15 @@ async def test_a_handler_without_a_request_model_takes_no_body(context):
     assert (await call(endpoint, context, {"Authorization": "ada"})).greeting == "ada"
 
 
-async def test_a_reply_that_is_not_its_model_is_validated_into_it(context):
+async def test_a_reply_that_is_not_its_model_is_validated_into_it_and_a_stored_one_is_not(
+        context):
     async def loose(req: Ask) -> Answer:
-        return {"greeting": req.name}
+        return {"greeting": req.name} if req.name != "stored" else StoredReply(b'{"x":1}')
 
     endpoint = bind(loose, context)
 
     assert await call(endpoint, context, {}, req=Ask(name="Ada")) == Answer(greeting="Ada")
+    assert (await call(endpoint, context, {}, req=Ask(name="stored"))).body == b'{"x":1}'
 
 
 def test_a_parameter_that_is_neither_the_request_nor_injected_is_refused():

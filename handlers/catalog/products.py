@@ -19,6 +19,7 @@ from contracts.errors import NotFound
 from contracts.events import ProductCreated, ProductUpdated
 from handlers.catalog.service import SCHEMA, Cache, catalog
 from handlers.deps import Admin, Db, Pool
+from handlers.endpoints import StoredReply
 from storage import catalog as catalog_db
 from storage import outbox
 
@@ -55,8 +56,9 @@ async def update_product(req: UpdateProduct, admin: Admin, db: Db, cache: Cache)
 @catalog.request(PRODUCTS_GET)
 async def get_product(req: GetProduct, pool: Pool, cache: Cache) -> Product:
     """One product with its available stock, served from Redis when it can be."""
-    if (hit := await cache.product(req.product_id)) is not None:
-        return hit
+    if (hit := await cache.stored(req.product_id)) is not None:
+        # The Product's JSON as encoded when it was cached: sent without decoding it again.
+        return StoredReply(hit)  # type: ignore[return-value]
     # A connection only on a miss: a hit then costs no pool wait and no reset round trip.
     async with pool.acquire() as db:
         product = await catalog_db.product(db, req.product_id)
