@@ -5,7 +5,7 @@ import asyncio
 from conftest import TEST_PASSWORD, eventually, read_events, sign_up, unique_email
 
 from contracts.base import MAX_REQUEST_BYTES
-from storage.sessions import Sessions
+from storage.sessions import Sessions, _hash
 
 REGISTER = "atlantic.users.register"
 LOGIN = "atlantic.users.login"
@@ -177,6 +177,24 @@ async def test_a_session_expires_at_its_absolute_lifetime_even_when_used(client,
 
     assert statuses[0] == 200
     assert statuses[-1] == 401
+
+
+async def test_resolving_a_session_renews_its_idle_expiry_within_its_absolute_one(
+        client, system, settings):
+    _, account = await sign_up(client)
+    redis = system.context.get("redis")
+    long = Sessions(redis, settings.redis_prefix, idle_seconds=600, absolute_seconds=3600)
+    short = Sessions(redis, settings.redis_prefix, idle_seconds=600, absolute_seconds=120)
+    renewed, _ = await long.start(account["userId"], "customer")
+    capped, _ = await short.start(account["userId"], "customer")
+    for token in (renewed, capped):
+        await redis.expire(long._key(_hash(token)), 5)
+
+    sessions = [await long.resolve(token) for token in (renewed, capped)]
+
+    assert [(s.user_id, s.role) for s in sessions] == [(account["userId"], "customer")] * 2
+    assert 595 <= await redis.ttl(long._key(_hash(renewed))) <= 600
+    assert 100 <= await redis.ttl(long._key(_hash(capped))) <= 120
 
 
 async def test_logout_revokes_the_token(customer):
