@@ -94,6 +94,24 @@ async def test_a_retried_create_with_the_same_idempotency_key_returns_the_same_o
     assert [o["orderId"] for o in page.body["orders"]] == [replies[0].body["orderId"]]
 
 
+async def test_a_retry_after_the_last_unit_went_to_its_own_order_returns_that_order(
+        world: World):
+    customer, _ = await world.customer()
+    lamp = await world.product("10.00", 1)
+    key = {"Idempotency-Key": new_id()}
+    first = await world.order(customer, (lamp, 1), headers=key)
+    await world.status_becomes(customer, first["orderId"], "RESERVED")
+
+    retry = await customer.call("atlantic.orders.create",
+                                {"items": [{"productId": lamp, "quantity": 1}]}, headers=key)
+    other = await customer.call("atlantic.orders.create",
+                                {"items": [{"productId": lamp, "quantity": 1}]})
+
+    assert retry.ok, retry.body
+    assert retry.body["orderId"] == first["orderId"]
+    assert other.error_code == "items_unavailable"
+
+
 async def test_an_idempotency_key_reused_for_another_order_is_a_conflict(world: World):
     customer, _ = await world.customer()
     lamp = await world.product("10.00", 50)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from contracts.base import new_id
 from contracts.catalog import Quote
-from contracts.errors import BadRequest, Conflict, NotFound, Unprocessable
+from contracts.errors import BadRequest, Conflict, NotFound, Unavailable, Unprocessable
 from contracts.events import (
     OrderCancelled,
     OrderCreated,
@@ -90,12 +90,25 @@ async def create_order(req: CreateOrder, user: CurrentUser, pool: Pool, msg: Nat
     """Places an order at the catalog's current prices; a retry with the same Idempotency-Key
     returns the first order instead of placing a second."""
     key = _idempotency_key(msg)
-    request_hash = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
-    if key and (found := await store.find_key(pool, user.user_id, key)):
-        return await _replay(pool, *found, request_hash)
+    request_hash = hashlib.sha256(req.model_dump_json().encode()).hexdigest() if key else ""
 
-    quote = await request_quote(broker, req.items, timeout)  # holding no connection meanwhile
+    async def first_order() -> Order | None:
+        """The order placed under this key before, when this is a retry."""
+        found = key and await store.find_key(pool, user.user_id, key)
+        return await _replay(pool, *found, request_hash) if found else None
+
+    # The quote first: a retry is rare, so the key is looked up only when it matters (the
+    # statement that places the order claims the key, and names the first order on a clash),
+    # which spares a first-time order a round trip to PostgreSQL.
+    try:
+        quote = await request_quote(broker, req.items, timeout)  # holding no connection
+    except Unavailable:
+        if replayed := await first_order():  # a retry needs no catalog
+            return replayed
+        raise
     if problems := _quote_problems(quote):
+        if replayed := await first_order():  # placed while the items were still to be had
+            return replayed
         raise Unprocessable("some items cannot be ordered", code="items_unavailable",
                             details=problems)
 
@@ -106,7 +119,7 @@ async def create_order(req: CreateOrder, user: CurrentUser, pool: Pool, msg: Nat
     async with pool.acquire() as db:
         placed = await store.place(db, created.order_id, user.user_id, items, quote.total_price,
                                    created, key=key, request_hash=request_hash)
-        if placed.first:  # a concurrent retry with the same key stored its order first
+        if placed.first:  # a retry, or a concurrent one with the same key, stored it first
             return await _replay(db, *placed.first, request_hash)
     await events.send(outbox.rows([created]))
     return Order(order_id=created.order_id, customer_id=user.user_id, status="CREATED",
