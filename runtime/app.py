@@ -23,6 +23,7 @@ from handlers.handler_set import HandlerSet
 from runtime.consumers import BatchConsumer
 from runtime.errors import ErrorReplies, decode_json
 from runtime.micro import MicroService, StatsBook
+from runtime.nats_headers import install as install_header_parser
 from runtime.relay import OutboxRelay
 from runtime.settings import Settings
 from runtime.streams import ensure_stream
@@ -154,6 +155,7 @@ def _busy(subscriber: Any) -> bool:
 
 def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> FastStream:
     sets = select_sets(settings.handler_sets if set_names is None else set_names)
+    install_header_parser()
     stats = StatsBook()
     broker = NatsBroker(
         settings.nats_url,
