@@ -7,9 +7,11 @@ thread-pool check, each `Depends` is a nested call model, and the handler's argu
 validated as one pydantic model of all of them. Profiled on a cached `catalog.products.get`
 (py-spy, one process), that was a quarter of the request's CPU besides the handler itself.
 
-So `bind` splits a handler's parameters once, when the set's router is built:
-- the request model (at most one parameter without a marker): FastStream decodes and validates
-  it, and documents it in AsyncAPI, exactly as before, since it is all the bound endpoint shows;
+So the broker does not inject (`apply_types=False`: FastStream then calls the handler with the
+decoded body), and `bind` splits a handler's parameters once, when the set's router is built:
+- the request model (at most one parameter without a marker): validated here with the model
+  fast_depends built (the same errors, under the parameter's name), and documented in AsyncAPI
+  by FastStream exactly as before, since it is all the bound endpoint's signature shows;
 - `Context("name")` values: resolved from the app's context at the first message, then kept for
   the life of the app (the pools, the cache, settings, the outbox relays: one per process);
 - `Context("message")` and `Depends(...)` values (the session behind the token, a pooled
@@ -29,7 +31,7 @@ from faststream import ContextRepo
 from faststream._internal.context import Context as FastStreamContext
 from faststream.nats.response import NatsResponse
 from faststream.response import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
 MESSAGE = "message"  # the one context value that changes with every message
 
@@ -172,20 +174,25 @@ def bind(handler: Callable[..., Any], context: ContextRepo | None) -> Callable[.
     plan = _parameters(handler, "handler")
     reply_model = _reply_model(handler)
     body = plan.body.name if plan.body is not None else None
+    # The model fast_depends would build of the handler's arguments, had it only the request:
+    # the same validation, and errors located under the parameter's name as before.
+    arguments = create_model(handler.__name__, **{body: (plan.body.annotation, ...)}) \
+        if body is not None else None
     names = _all_statics(plan)
     statics: dict[str, Any] = {}
     per_message = bool(plan.message or plan.dependencies)
     needs_message = bool(plan.message) or _takes_message(plan.dependencies)
     needs_stack = _has_generator(plan.dependencies)
 
-    async def endpoint(**request: Any) -> Any:
+    async def endpoint(decoded: Any = None) -> Any:
+        """Called by FastStream with the decoded body (the broker does not inject)."""
         if len(statics) < len(names):  # the first message: the app's values are all set by now
             assert context is not None, "an endpoint built without a context cannot serve"
             statics.update({name: context.resolve(name) for name in names})
         kwargs = {name: statics[context_name] for name, context_name in plan.statics.items()}
-        if body is not None:
-            kwargs[body] = request[body]
         if not per_message:
+            if arguments is not None:
+                kwargs[body] = getattr(arguments.model_validate({body: decoded}), body)
             result = await handler(**kwargs)
         else:
             message = context.get_local(MESSAGE) if needs_message else None
@@ -195,6 +202,10 @@ def bind(handler: Callable[..., Any], context: ContextRepo | None) -> Callable[.
                     kwargs[name] = message
                 for name, dependency in plan.dependencies.items():
                     kwargs[name] = await scope.value(dependency, statics)
+                # After the dependencies, as fast_depends did: a request without a valid token
+                # is refused for that before its body is looked at.
+                if arguments is not None:
+                    kwargs[body] = getattr(arguments.model_validate({body: decoded}), body)
                 result = await handler(**kwargs)
         # What fast_depends' reply cast did, for a handler that returns something else than its
         # model (a dict, say); a model instance or a ready reply passes untouched.
@@ -204,6 +215,7 @@ def bind(handler: Callable[..., Any], context: ContextRepo | None) -> Callable[.
         return result
 
     functools.update_wrapper(endpoint, handler)  # its name and docstring, for AsyncAPI
+    # What FastStream documents (and builds its unused argument model from): the request only.
     endpoint.__signature__ = inspect.Signature([plan.body] if plan.body is not None else [])
     endpoint.__annotations__ = {body: plan.body.annotation} if plan.body is not None else {}
     return endpoint

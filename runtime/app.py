@@ -162,6 +162,7 @@ def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> Fas
         name=f"atlantic[{','.join(hs.name for hs in sets)}]",
         middlewares=[ErrorReplies.for_stats(stats)],
         decoder=decode_json,
+        apply_types=False,  # the endpoints inject their own (handlers.endpoints)
         graceful_timeout=settings.graceful_timeout_seconds,
         log_level=logging.DEBUG,
     )

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import pytest
 from faststream import ContextRepo, Depends
+from pydantic import ValidationError
 
 from contracts.base import Request, Wire
 from handlers.deps import Context
@@ -79,9 +80,9 @@ def context() -> Counting:
     return context
 
 
-async def call(endpoint, context: ContextRepo, message: dict, **body):
+async def call(endpoint, context: ContextRepo, message: dict, *body):
     with context.scope("message", message):
-        return await endpoint(**body)
+        return await endpoint(*body)
 
 
 def test_fast_stream_sees_the_request_model_only():
@@ -97,8 +98,8 @@ def test_fast_stream_sees_the_request_model_only():
 async def test_context_values_are_resolved_once_and_dependencies_once_per_message(context):
     endpoint = bind(greet, context)
 
-    first = await call(endpoint, context, {"Authorization": "ada"}, req=Ask(name="Ada"))
-    second = await call(endpoint, context, {"Authorization": "bob"}, req=Ask(name="Bob"))
+    first = await call(endpoint, context, {"Authorization": "ada"}, {"name": "Ada"})
+    second = await call(endpoint, context, {"Authorization": "bob"}, {"name": "Bob"})
 
     assert first.greeting == "Hello Ada (ada, greeter for ada, connection from 2 pooled)"
     assert second.greeting == "Hello Bob (bob, greeter for bob, connection from 2 pooled)"
@@ -106,11 +107,28 @@ async def test_context_values_are_resolved_once_and_dependencies_once_per_messag
     assert events == ["acquire", "caller", "release"] * 2
 
 
+async def test_an_invalid_request_fails_under_the_parameter_name(context):
+    endpoint = bind(greet, context)
+
+    with pytest.raises(ValidationError) as failed:
+        await call(endpoint, context, {"Authorization": "ada"}, {"name": 5, "extra": 1})
+
+    assert {e["loc"] for e in failed.value.errors()} == {("req", "name"), ("req", "extra")}
+    assert events == ["acquire", "caller", "release"]
+
+
+async def test_a_failing_dependency_is_reported_before_an_invalid_request(context):
+    endpoint = bind(greet, context)
+
+    with pytest.raises(KeyError, match="Authorization"):
+        await call(endpoint, context, {}, {"name": 5})
+
+
 async def test_a_generator_dependency_is_closed_when_the_handler_raises(context):
     endpoint = bind(greet, context)
 
     with pytest.raises(ValueError, match="boom"):
-        await call(endpoint, context, {"Authorization": "ada"}, req=Ask(name="boom"))
+        await call(endpoint, context, {"Authorization": "ada"}, {"name": "boom"})
 
     assert events == ["acquire", "caller", "release"]
 
@@ -132,8 +150,8 @@ async def test_a_reply_that_is_not_its_model_is_validated_into_it_and_a_stored_o
 
     endpoint = bind(loose, context)
 
-    assert await call(endpoint, context, {}, req=Ask(name="Ada")) == Answer(greeting="Ada")
-    assert (await call(endpoint, context, {}, req=Ask(name="stored"))).body == b'{"x":1}'
+    assert await call(endpoint, context, {}, {"name": "Ada"}) == Answer(greeting="Ada")
+    assert (await call(endpoint, context, {}, {"name": "stored"})).body == b'{"x":1}'
 
 
 def test_a_parameter_that_is_neither_the_request_nor_injected_is_refused():

@@ -143,6 +143,13 @@ async def test_me_without_a_token_is_401(client):
     assert reply.error_code == "unauthorized"
 
 
+async def test_without_a_token_even_a_malformed_request_is_refused_as_unauthenticated(client):
+    reply = await client.call("atlantic.users.get", {"userId": 5, "unexpected": True})
+
+    assert reply.status == 401
+    assert reply.error_code == "unauthorized"
+
+
 async def test_an_unknown_token_is_401(client):
     reply = await client.signed_in("forged-token").call(ME)
 
