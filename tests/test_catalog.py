@@ -241,6 +241,22 @@ async def test_a_cached_get_replies_with_the_same_bytes_and_headers_as_a_fresh_o
         == {"content-type": "application/json"}
 
 
+async def test_an_unexpected_failure_on_a_cached_get_is_answered_with_a_structured_error(
+        admin, client, system, monkeypatch):
+    product = await create(admin)
+
+    async def broken(product_id: str) -> bytes:
+        raise RuntimeError("a bug, not an outage")
+
+    monkeypatch.setattr(system.context.get("product_cache"), "stored", broken)
+    reply = await client.call(PRODUCTS_GET, {"productId": product["productId"]})
+
+    assert reply.status == 500
+    assert reply.error_code == "internal_error"
+    assert reply.headers["Nats-Service-Error-Code"] == "500"
+    assert "a bug" not in json.dumps(reply.body)
+
+
 async def test_stock_changes_are_visible_on_the_next_get(admin, client):
     product = await create(admin, stock=10)
     await client.call(PRODUCTS_GET, {"productId": product["productId"]})  # now cached
