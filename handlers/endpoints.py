@@ -17,6 +17,10 @@ decoded body), and `bind` splits a handler's parameters once, when the set's rou
 - `Context("message")` and `Depends(...)` values (the session behind the token, a pooled
   connection): resolved per message by plain calls, each dependency once per message; a
   generator dependency is closed when the handler returns or raises, as fast_depends does.
+
+Measured on a cached products.get: binding took an in-process round trip from ~1,120 to ~930 us
+of CPU (a raw echo ~250), and leaving fast_depends out of the request entirely took the catalog
+from 540 to 503 us of CPU per request at 64 in flight (interleaved runs; BENCHMARKS.md, issue 14).
 """
 
 import contextlib
