@@ -229,7 +229,7 @@ def _fell_below(product_id: str, available: int, taken: int, threshold: int) -> 
     return []
 
 
-async def quote(db: asyncpg.Connection, lines: Sequence[ItemLine]) -> Quote:
+async def quote(db: asyncpg.Connection | asyncpg.Pool, lines: Sequence[ItemLine]) -> Quote:
     """Current prices and availability; each line says what, if anything, is wrong with it."""
     rows = await db.fetch(
         "SELECT id, name, price, active, on_hand - held - reserved AS available"

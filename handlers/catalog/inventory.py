@@ -14,7 +14,7 @@ from contracts.errors import NotFound
 from contracts.events import InventoryAdjusted
 from handlers.catalog.events import low_stock_events
 from handlers.catalog.service import SCHEMA, Cache, catalog
-from handlers.deps import Admin, Db
+from handlers.deps import Admin, Db, Pool
 from storage import catalog as catalog_db
 from storage import outbox
 
@@ -44,6 +44,7 @@ async def adjust_inventory(req: AdjustInventory, admin: Admin, db: Db, cache: Ca
 
 
 @catalog.request(QUOTE)
-async def quote(req: QuoteRequest, db: Db) -> Quote:
+async def quote(req: QuoteRequest, pool: Pool) -> Quote:
     """Current prices and availability of a list of items; orders.create prices orders by it."""
-    return await catalog_db.quote(db, req.items)
+    # One SELECT: the pool's own fetch holds a connection for just that statement.
+    return await catalog_db.quote(pool, req.items)
