@@ -159,27 +159,29 @@ async def set_status(db: asyncpg.Connection, order_id: str, status: OrderStatus,
 
 
 async def view(db: asyncpg.Connection | asyncpg.Pool, order_id: str) -> Order | None:
-    row = await db.fetchrow("SELECT * FROM orders.orders WHERE id = $1", order_id)
+    """The order with its lines and history, in one statement (one round trip, one snapshot)."""
+    row = await db.fetchrow(
+        "SELECT o.*,"
+        " ARRAY(SELECT (i.product_id, i.quantity, i.price) FROM orders.order_items i"
+        "  WHERE i.order_id = o.id ORDER BY i.product_id) AS lines,"
+        " ARRAY(SELECT (h.status, h.at, h.note) FROM orders.history h"
+        "  WHERE h.order_id = o.id ORDER BY h.id) AS changes"
+        " FROM orders.orders o WHERE o.id = $1", order_id)
     if row is None:
         return None
-    items = await db.fetch(
-        "SELECT product_id, quantity, price FROM orders.order_items WHERE order_id = $1"
-        " ORDER BY product_id", order_id)
-    history = await db.fetch(
-        "SELECT status, at, note FROM orders.history WHERE order_id = $1 ORDER BY id", order_id)
     shipment = None
     if row["shipment_id"]:
         shipment = Shipment(shipment_id=row["shipment_id"], carrier=row["carrier"],
                             tracking_number=row["tracking_number"])
     return Order(
         order_id=row["id"], customer_id=row["customer_id"], status=row["status"],
-        items=[OrderItem(**dict(i)) for i in items], total_price=row["total_price"],
-        paid_amount=row["paid_amount"], refunded_amount=row["refunded_amount"],
-        shipment=shipment, cancellation_reason=row["cancellation_reason"],
-        return_reason=row["return_reason"], created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        history=[StatusChange(status=h["status"], timestamp=h["at"], note=h["note"])
-                 for h in history])
+        items=[OrderItem(product_id=p, quantity=q, price=price) for p, q, price in row["lines"]],
+        total_price=row["total_price"], paid_amount=row["paid_amount"],
+        refunded_amount=row["refunded_amount"], shipment=shipment,
+        cancellation_reason=row["cancellation_reason"], return_reason=row["return_reason"],
+        created_at=row["created_at"], updated_at=row["updated_at"],
+        history=[StatusChange(status=status, timestamp=at, note=note)
+                 for status, at, note in row["changes"]])
 
 
 def _encode_cursor(created_at: datetime, order_id: str) -> str:
