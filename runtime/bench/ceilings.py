@@ -7,10 +7,14 @@ handler sets are:
     python -m runtime.bench.ceilings ingest NATS_URL DATA_DIR COUNT
         a raw fetch-and-insert loop: JetStream batches straight into a ClickHouse (chDB) table
         of the same schema, acked after the insert; prints the events/s it sustained.
+    python -m runtime.bench.ceilings echo NATS_URL
+        the CPU unit of PERFORMANCE.md: requester and raw responder in one process, 3,000
+        sequential 100-byte requests; prints the CPU seconds (getrusage) of one round trip.
 """
 
 import asyncio
 import json
+import resource
 import sys
 import time
 
@@ -76,9 +80,30 @@ async def ingest(nats_url: str, data_dir: str, count: int) -> None:
     await store.close()
 
 
+async def echo(nats_url: str, requests: int = 3_000) -> None:
+    nc = await nats.connect(nats_url)
+
+    async def respond(msg) -> None:
+        await msg.respond(msg.data)
+
+    await nc.subscribe("bench.echo", cb=respond)
+    payload = b"x" * 100
+    for _ in range(300):  # warm
+        await nc.request("bench.echo", payload, timeout=5)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(requests):
+        await nc.request("bench.echo", payload, timeout=5)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(json.dumps({"cpu_per_round_trip": cpu / requests}), flush=True)
+    await nc.close()
+
+
 if __name__ == "__main__":
     kind, *args = sys.argv[1:]
     if kind == "responder":
         asyncio.run(responder(*args))
+    elif kind == "echo":
+        asyncio.run(echo(args[0]))
     else:
         asyncio.run(ingest(args[0], args[1], int(args[2])))
