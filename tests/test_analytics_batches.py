@@ -2,6 +2,7 @@
 event has waited since it was published; what a closed batch leaves behind goes into the next
 one; and the consumer always runs with the current settings."""
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -178,3 +179,62 @@ async def test_a_trickle_inside_one_batch_window_is_stored_in_one_insert(system,
     assert ingest.pull_requests <= 2  # one brought the five; the other waits for what is next
     assert (await summary(admin, start))["orders"] == 5
 
+
+
+class Gated(Recording):
+    """The store, holding its first insert until released, and counting inserts in flight."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.release, self.in_flight, self.most_in_flight = asyncio.Event(), 0, 0
+
+    async def insert_new_events(self, rows) -> int:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self.release.wait()
+            return await super().insert_new_events(rows)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_the_next_batch_gathers_while_one_is_stored_and_stores_never_overlap(
+        system, own_stream, admin):
+    store = Gated(system.context.get("analytics"))
+    ingest = Ingest(own_stream, store, system.context.get("pool"), durable="pipeline",
+                    batch_size=5, batch_seconds=600)
+    gathered = []
+    next_batch = ingest._next_batch
+
+    async def counted():
+        batch = await next_batch()
+        gathered.append(len(batch))
+        return batch
+
+    ingest._next_batch = counted
+    start = past_day(92)
+    events = orders_in(start, 15, f"pipeline-{RUN_ID}")
+    js = own_stream.jetstream()
+    for subject, body, msg_id in as_messages(events):
+        await js.publish_async(subject, body, headers={"Nats-Msg-Id": msg_id})
+    await js.publish_async_completed()
+
+    await ingest.start()
+    try:
+        async def second_batch_ready_while_first_is_held():
+            return len(gathered) >= 2 and store.in_flight == 1 and not store.inserts
+
+        await eventually(second_batch_ready_while_first_is_held, seconds=30)
+        store.release.set()
+
+        async def nothing_pending():
+            return await ingest.pending() == 0
+
+        await eventually(nothing_pending, seconds=60, interval=0.1)
+    finally:
+        store.release.set()
+        await ingest.stop()
+
+    assert store.most_in_flight == 1
+    assert store.inserts == [5, 5, 5]
+    assert (await summary(admin, start))["orders"] == 15

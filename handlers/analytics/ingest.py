@@ -4,8 +4,9 @@ A hand-rolled pull loop on a durable pull consumer rather than a FastStream batc
 because the batch must be handled as a whole: parse each message (a malformed one is
 dead-lettered and acked, the rest flow), drop eventIds already stored, insert, and only then ack.
 A failed insert naks the whole batch with a delay; since the insert skips stored eventIds, a
-redelivered batch never counts anything twice. Memory is bounded: one batch in hand, and the
-consumer's max_ack_pending stops the server handing out more while ClickHouse is slow.
+redelivered batch never counts anything twice. Memory is bounded: one batch being stored while
+the next gathers, and the consumer's max_ack_pending (twice the batch size) stops the server
+handing out more while ClickHouse is slow.
 
 A batch is paid for, not its events: every insert runs each materialized view and writes a part
 to every table it reaches, tens of milliseconds in chDB whether it holds ten events or a
@@ -132,14 +133,30 @@ class Ingest:
         return info.num_pending + info.num_ack_pending
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self._ingest(await self._next_batch())
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # NATS reconnecting and the like: the messages come back
-                log.exception("analytics ingest failed; retrying")
-                await asyncio.sleep(1.0)
+        # The next batch gathers (and parses) while the last one is stored: the insert runs in
+        # ClickHouse's threads without the GIL, so a busy shop's lag is the longer of the two
+        # rather than their sum. One store at a time, so check-then-insert stays exact.
+        storing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    batch = await self._next_batch()
+                except Exception:  # NATS reconnecting and the like: the messages come back
+                    log.exception("analytics ingest failed; retrying")
+                    await asyncio.sleep(1.0)
+                    continue
+                if storing:
+                    await self._stored(storing)
+                storing = asyncio.create_task(self._ingest(batch))
+        finally:
+            if storing:
+                storing.cancel()
+
+    async def _stored(self, storing: asyncio.Task[None]) -> None:
+        try:
+            await storing
+        except Exception:  # the acks did not go out: the batch comes back after ack_wait
+            log.exception("analytics ingest failed to finish a batch; it will be redelivered")
 
     # Pulling sits below nats-py's fetch, which opens every call with a no-wait request and
     # then a long poll, and ends a poll early on a stale status from the one before: at 50
