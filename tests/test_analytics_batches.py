@@ -206,8 +206,8 @@ async def test_the_next_batch_gathers_while_one_is_stored_and_stores_never_overl
     gathered = []
     next_batch = ingest._next_batch
 
-    async def counted():
-        batch = await next_batch()
+    async def counted(*args):
+        batch = await next_batch(*args)
         gathered.append(len(batch))
         return batch
 
@@ -238,3 +238,48 @@ async def test_the_next_batch_gathers_while_one_is_stored_and_stores_never_overl
     assert store.most_in_flight == 1
     assert store.inserts == [5, 5, 5]
     assert (await summary(admin, start))["orders"] == 15
+
+
+async def test_a_batch_due_while_the_last_is_stored_takes_what_arrives_until_then(
+        system, own_stream, admin):
+    """An ingest behind (a slow insert) stores what piled up in one insert, not in a small
+    batch closed when it fell due and others straight after."""
+    store = Gated(system.context.get("analytics"))
+    ingest = Ingest(own_stream, store, system.context.get("pool"), durable="behind",
+                    batch_size=100, batch_seconds=0.001)  # every batch is due at once
+    start = past_day(93)
+    events = as_messages(orders_in(start, 21, f"behind-{RUN_ID}"))
+    js = own_stream.jetstream()
+
+    async def publish(messages):
+        for subject, body, msg_id in messages:
+            await js.publish(subject, body, headers={"Nats-Msg-Id": msg_id})
+
+    async def all_in_hand():
+        info = await js.consumer_info(STREAM, "behind")
+        await own_stream.flush()  # what the server sent before this answer has been read
+        return info.num_pending == 0 and not ingest._arrived
+
+    await ingest.start()
+    try:
+        await publish(events[:1])
+
+        async def first_insert_held():
+            return store.in_flight == 1
+
+        await eventually(first_insert_held, seconds=30)
+        for group in (events[1:11], events[11:]):  # the second after the first is in hand
+            await publish(group)
+            await eventually(all_in_hand, seconds=30)
+        store.release.set()
+
+        async def nothing_pending():
+            return await ingest.pending() == 0
+
+        await eventually(nothing_pending, seconds=60, interval=0.1)
+    finally:
+        store.release.set()
+        await ingest.stop()
+
+    assert store.inserts == [1, 20]
+    assert (await summary(admin, start))["orders"] == 21

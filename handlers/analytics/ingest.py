@@ -140,7 +140,7 @@ class Ingest:
         try:
             while True:
                 try:
-                    batch = await self._next_batch()
+                    batch = await self._next_batch(storing)
                 except Exception:  # NATS reconnecting and the like: the messages come back
                     log.exception("analytics ingest failed; retrying")
                     await asyncio.sleep(1.0)
@@ -148,6 +148,7 @@ class Ingest:
                 if storing:
                     await self._stored(storing)
                 storing = asyncio.create_task(self._ingest(batch))
+                storing.add_done_callback(lambda _: self._wakeup.set())
         finally:
             if storing:
                 storing.cancel()
@@ -184,27 +185,38 @@ class Ingest:
         self.pull_requests += 1
         self._open_until, self._open_left = now + seconds, count
 
-    async def _arrival(self, until: float) -> None:
-        """Waits for the next message, or until `until`, or the open request's end."""
+    async def _arrival(self, until: float, held_by: asyncio.Task[None] | None) -> None:
+        """Waits for the next message, until `until`, the open request's end, or the end of
+        the store holding the batch back (held_by), whichever comes first."""
         self._wakeup.clear()
         timeout = min(until, self._open_until) - time.time()
-        if timeout > 0 and not self._arrived:
+        if timeout > 0 and not self._arrived and not (held_by and held_by.done()):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
-    async def _next_batch(self) -> Batch:
-        """Up to batch_size messages, closed when the oldest has waited long enough (Batch)."""
+    async def _next_batch(self, storing: asyncio.Task[None] | None) -> Batch:
+        """Up to batch_size messages, closed when the oldest has waited long enough (Batch)
+        and the last batch is stored."""
         batch = Batch(self.batch_seconds, min(self.store_seconds, self.batch_seconds / 2))
         while len(batch) < self.batch_size:
             if self._arrived:
                 take = min(self.batch_size - len(batch), len(self._arrived))
                 batch.add([self._arrived.popleft() for _ in range(take)])
                 continue
-            until = batch.close_at if batch else time.time() + IDLE_PULL_SECONDS
-            if batch and until <= time.time():
+            now, held_by = time.time(), None
+            if not batch:
+                until = now + IDLE_PULL_SECONDS
+            elif batch.close_at > now:
+                until = batch.close_at
+            elif storing and not storing.done():
+                # Due, but the last batch is still being stored (an ingest behind): this one
+                # takes what arrives until then, one insert rather than a small one now and
+                # a big one straight after.
+                until, held_by = now + self.batch_seconds, storing
+            else:
                 break
             await self._pull(self.batch_size - len(batch), until)
-            await self._arrival(until)
+            await self._arrival(until, held_by)
         return batch
 
     async def _ingest(self, batch: Batch) -> None:
