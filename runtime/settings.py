@@ -55,10 +55,12 @@ class Settings(BaseSettings):
     sandbox_declined_customers: str = ""
 
     # Analytics: events are kept this long in ClickHouse (older rows are dropped as parts merge);
-    # ingest batches close at this many events or this many seconds after their first event.
+    # an ingest batch closes at batch_size events, or when its oldest event has waited
+    # batch_seconds since publication less the time a store has lately taken: about the longest
+    # an event takes to be counted, at any rate (handlers.analytics.ingest).
     analytics_retention_days: int = Field(400, ge=1, le=36_500)
-    analytics_batch_size: int = Field(1_000, ge=1, le=10_000)
-    analytics_batch_seconds: float = Field(0.2, gt=0, le=10)
+    analytics_batch_size: int = Field(10_000, ge=1, le=10_000)
+    analytics_batch_seconds: float = Field(0.75, gt=0, le=10)
     analytics_consumer: str = Field("analytics-ingest", pattern=r"^[A-Za-z0-9_-]+$")
     # Unacked ingest messages (a crashed ingest's batch) come back after this; longer than any
     # insert.

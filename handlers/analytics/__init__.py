@@ -85,7 +85,7 @@ async def storage_and_ingest(context: ContextRepo) -> AsyncIterator[None]:
     # consumer waiting in fetch would hold that drain up.
     nc = await nats.connect(settings.nats_url, name="atlantic[analytics-ingest]")
     js = nc.jetstream()
-    ingest = Ingest(js, store, context.get("pool"), durable=settings.analytics_consumer,
+    ingest = Ingest(nc, store, context.get("pool"), durable=settings.analytics_consumer,
                     batch_size=settings.analytics_batch_size,
                     batch_seconds=settings.analytics_batch_seconds,
                     ack_wait=settings.analytics_ack_wait_seconds)

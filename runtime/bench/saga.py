@@ -28,7 +28,7 @@ import psutil
 
 from contracts.base import new_id
 from contracts.events import STREAM
-from runtime.bench.runner import Row, _product, _run_module, miss, ms, peak_rss_mb
+from runtime.bench.runner import Row, _product, echo_cpu, miss, ms, peak_rss_mb
 from runtime.bench.world import World, open_world
 from runtime.loadgen import percentile
 from runtime.settings import Settings
@@ -48,7 +48,6 @@ HOPELESS_P99 = 5.0  # a sweep stops after a rate this far gone, or one that lost
 SETTLE = 30.0  # seconds after its step's last send by which an order must be RESERVED
 DRAIN = 180.0  # seconds a step's backlog may take to drain before its CPU is read
 NATS_SERVER = "nats-server"  # read beside the Atlantic processes, not counted in their total
-ECHOES = 3_000
 CREATE = "atlantic.orders.create"
 RESERVED_EVENT = "atlantic.events.order.inventory_reserved"
 PASSWORD = "bench-shopper-pass"
@@ -290,9 +289,7 @@ async def topology(base: Settings, short: str, plan: Plan, seconds: float,
             shop = Shop(world, nc, db)
             await shop.stock()
             await shop.open_loop(10, 2)  # warm: pools, caches, consumers; not reported
-            echo = json.loads(await asyncio.to_thread(
-                _run_module, "runtime.bench.ceilings", "echo", world.settings.nats_url,
-                str(ECHOES)))["cpu_seconds"]
+            echo = await asyncio.to_thread(echo_cpu, world.settings.nats_url)
             result = Result(name, [p for p, _ in layout], echo, await shop.idle(seconds),
                             callers=plan.callers)
             for rate in plan.rates:
