@@ -96,3 +96,55 @@ async def test_an_inbox_mark_is_undone_with_its_transaction(system):
         retried = await inbox.first_time(db, "users", "consumer-a", event_id)
 
     assert retried is True
+
+
+async def test_rows_committed_and_never_sent_are_published_by_the_sweep(relay, system, client):
+    """A consumer that died between its commit and its `send`: no NOTIFY was sent for those
+    rows (the committer meant to publish them itself), so only the sweep finds them."""
+    from conftest import eventually
+
+    pool = system.context.get("resources").pool
+    event = UserLoggedIn(user_id=new_id())
+    async with pool.acquire() as db, db.transaction():
+        await outbox.add(db, relay.schema, event, notify=False)
+
+    await relay.start()
+    try:
+        async def published():
+            async with pool.acquire() as db:
+                return await outbox.unpublished_count(db, relay.schema) == 0
+        await eventually(published, seconds=10)
+    finally:
+        await relay.stop()
+
+    copies = [e for _, e in await read_events(client, "atlantic.events.user.logged_in")
+              if e["eventId"] == event.event_id]
+    assert len(copies) == 1
+
+
+async def test_rows_handed_over_after_commit_are_published_and_marked(relay_schema, system,
+                                                                      client, settings):
+    from conftest import eventually
+
+    pool = system.context.get("resources").pool
+    # A sweep that would wait a minute: only `send` can publish the row within the test.
+    relay = OutboxRelay(pool, settings.postgres_dsn, client.nc.jetstream(), relay_schema,
+                        sweep_seconds=0.2, retention_hours=1, stale_seconds=60)
+    event = UserLoggedIn(user_id=new_id())
+    async with pool.acquire() as db, db.transaction():
+        rows = await outbox.add(db, relay.schema, event, notify=False)
+
+    await relay.start()
+    try:
+        await relay.send(rows)
+
+        async def marked():
+            async with pool.acquire() as db:
+                return await outbox.unpublished_count(db, relay.schema) == 0
+        await eventually(marked, seconds=5)
+    finally:
+        await relay.stop()
+
+    copies = [e for _, e in await read_events(client, "atlantic.events.user.logged_in")
+              if e["eventId"] == event.event_id]
+    assert len(copies) == 1
