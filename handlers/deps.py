@@ -11,9 +11,9 @@ from faststream import Depends
 # The class behind faststream.Context() (a factory function), to subclass it.
 from faststream._internal.context import Context as _FastStreamContext
 from faststream.nats.broker import NatsBroker as _Broker
-from faststream.nats.message import NatsMessage as _Message
 
 from contracts.errors import Forbidden, Unauthorized
+from handlers.endpoints import RequestMessage
 from storage.outbox import OutboxRow
 from storage.ratelimits import LoginLimiter
 from storage.sessions import SessionInfo, Sessions
@@ -28,7 +28,7 @@ class Context(_FastStreamContext):
         return super().use(**kwargs)
 
 
-NatsMessage = Annotated[_Message, Context("message")]
+NatsMessage = Annotated[RequestMessage, Context("message")]
 NatsBroker = Annotated[_Broker, Context("broker")]
 
 

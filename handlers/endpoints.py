@@ -1,4 +1,5 @@
-"""A request handler as FastStream sees it: its request model and nothing else.
+"""A request handler bound once: its request model for FastStream's AsyncAPI document, and
+everything else it declares injected here (runtime.requests serves the bound endpoint).
 
 Handlers declare what they need with the `handlers.deps` aliases (`Pool`, `Cache`, `Db`,
 `CurrentUser`, ...). FastStream's own injection (fast_depends) resolves every one of them again
@@ -7,16 +8,17 @@ thread-pool check, each `Depends` is a nested call model, and the handler's argu
 validated as one pydantic model of all of them. Profiled on a cached `catalog.products.get`
 (py-spy, one process), that was a quarter of the request's CPU besides the handler itself.
 
-So the broker does not inject (`apply_types=False`: FastStream then calls the handler with the
-decoded body), and `bind` splits a handler's parameters once, when the set's router is built:
+So nothing injects per message but this module: `bind` splits a handler's parameters once, when
+the set's endpoints are built:
 - the request model (at most one parameter without a marker): validated here with the model
   fast_depends built (the same errors, under the parameter's name), and documented in AsyncAPI
   by FastStream exactly as before, since it is all the bound endpoint's signature shows;
 - `Context("name")` values: resolved from the app's context at the first message, then kept for
   the life of the app (the pools, the cache, settings, the outbox relays: one per process);
-- `Context("message")` and `Depends(...)` values (the session behind the token, a pooled
-  connection): resolved per message by plain calls, each dependency once per message; a
-  generator dependency is closed when the handler returns or raises, as fast_depends does.
+- `Context("message")` (the request: its subject, headers and body) and `Depends(...)` values
+  (the session behind the token, a pooled connection): resolved per message by plain calls,
+  each dependency once per message; a generator dependency is closed when the handler returns
+  or raises, as fast_depends does.
 
 Measured on a cached products.get: binding took an in-process round trip from ~1,120 to ~930 us
 of CPU (a raw echo ~250), and leaving fast_depends out of the request entirely took the catalog
@@ -33,22 +35,32 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 from fast_depends.dependencies import Dependant
 from faststream import ContextRepo
 from faststream._internal.context import Context as FastStreamContext
-from faststream.nats.response import NatsResponse
-from faststream.response import Response
 from pydantic import BaseModel, create_model
 
 MESSAGE = "message"  # the one context value that changes with every message
 
 
-class StoredReply(NatsResponse):
+class RequestMessage:
+    """The request a handler may ask for (`Context("message")`): its subject, its headers
+    (empty when it has none) and its body as it came."""
+
+    __slots__ = ("body", "headers", "subject")
+
+    def __init__(self, subject: str, headers: dict[str, str], body: bytes):
+        self.subject, self.headers, self.body = subject, headers, body
+
+
+class StoredReply:
     """A reply that was encoded earlier and stored (a cache entry holding the reply model's
-    JSON): sent as it is, with the content type FastStream gives a model it encodes itself, so
-    the client receives the same bytes and headers as from a fresh reply. A handler returning
-    one keeps its reply model as its return annotation: that is what the reply is, and what
-    the AsyncAPI document shows."""
+    JSON): sent as it is, with the content type of a model encoded afresh, so the client
+    receives the same bytes and headers as from a fresh reply. A handler returning one keeps
+    its reply model as its return annotation: that is what the reply is, and what the AsyncAPI
+    document shows."""
+
+    __slots__ = ("body",)
 
     def __init__(self, body: bytes):
-        super().__init__(body, headers={"content-type": "application/json"})
+        self.body = body
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,20 +173,16 @@ def _has_generator(dependencies: dict[str, _Dependency]) -> bool:
     return any(d.is_generator or _has_generator(d.dependencies) for d in dependencies.values())
 
 
-def _takes_message(dependencies: dict[str, _Dependency]) -> bool:
-    return any(d.message or _takes_message(d.dependencies) for d in dependencies.values())
-
-
 def _reply_model(handler: Callable[..., Any]) -> type[BaseModel] | None:
     returned = get_type_hints(handler).get("return")
     return returned if isinstance(returned, type) and issubclass(returned, BaseModel) else None
 
 
 def bind(handler: Callable[..., Any], context: ContextRepo | None) -> Callable[..., Any]:
-    """The endpoint FastStream subscribes: `handler` with only its request model as a parameter
-    (the AsyncAPI document and the validation FastStream does are unchanged), everything else
-    injected here. `context` is the broker's context; None builds an endpoint for the document
-    only."""
+    """The endpoint: `handler` called with the decoded body and the request message, everything
+    it declares injected here. What FastStream sees of it (for the AsyncAPI document) is the
+    request model only. `context` is the app's context; None builds an endpoint for the
+    document only."""
     plan = _parameters(handler, "handler")
     reply_model = _reply_model(handler)
     body = plan.body.name if plan.body is not None else None
@@ -185,11 +193,9 @@ def bind(handler: Callable[..., Any], context: ContextRepo | None) -> Callable[.
     names = _all_statics(plan)
     statics: dict[str, Any] = {}
     per_message = bool(plan.message or plan.dependencies)
-    needs_message = bool(plan.message) or _takes_message(plan.dependencies)
     needs_stack = _has_generator(plan.dependencies)
 
-    async def endpoint(decoded: Any = None) -> Any:
-        """Called by FastStream with the decoded body (the broker does not inject)."""
+    async def endpoint(decoded: Any = None, message: RequestMessage | None = None) -> Any:
         if len(statics) < len(names):  # the first message: the app's values are all set by now
             assert context is not None, "an endpoint built without a context cannot serve"
             statics.update({name: context.resolve(name) for name in names})
@@ -199,7 +205,6 @@ def bind(handler: Callable[..., Any], context: ContextRepo | None) -> Callable[.
                 kwargs[body] = getattr(arguments.model_validate({body: decoded}), body)
             result = await handler(**kwargs)
         else:
-            message = context.get_local(MESSAGE) if needs_message else None
             async with contextlib.AsyncExitStack() if needs_stack else _NO_STACK as stack:
                 scope = _Message(message, stack)
                 for name in plan.message:
@@ -214,7 +219,7 @@ def bind(handler: Callable[..., Any], context: ContextRepo | None) -> Callable[.
         # What fast_depends' reply cast did, for a handler that returns something else than its
         # model (a dict, say); a model instance or a ready reply passes untouched.
         if reply_model is not None and type(result) is not reply_model \
-                and not isinstance(result, Response | BaseModel):
+                and not isinstance(result, StoredReply | BaseModel):
             result = reply_model.model_validate(result)
         return result
 

@@ -131,13 +131,11 @@ class HandlerSet:
 
         return register
 
-    def router(self, *, workers: int, context: ContextRepo | None = None) -> NatsRouter:
-        """A fresh router of the set's endpoints, each bound to `context` (the broker's:
-        handlers.endpoints); without one, the router serves only to document them."""
+    def router(self) -> NatsRouter:
+        """A FastStream router of the set's endpoints, for the AsyncAPI document: their
+        subjects, queue group, request models and docstrings (runtime.requests serves them)."""
         router = NatsRouter()
         for endpoint in self.endpoints:
-            # A core NATS request has nothing to acknowledge: MANUAL leaves FastStream's
-            # acknowledgement middleware out of the request's path (it acked nothing).
-            router.subscriber(endpoint.subject, queue=self.queue, max_workers=workers,
-                              ack_policy=AckPolicy.MANUAL)(bind(endpoint.handler, context))
+            router.subscriber(endpoint.subject, queue=self.queue,
+                              ack_policy=AckPolicy.MANUAL)(bind(endpoint.handler, None))
         return router

@@ -1,17 +1,15 @@
 """App assembly: a broker with the chosen handler sets, and the clients they share.
 
 Start-up order: connect, migrate, declare the stream, open the pools, enter each set's lifespans,
-start the outbox relays (on_startup); start the request subscribers (FastStream); then the event
+start the outbox relays (on_startup); then the request subscriptions (runtime.requests), the event
 consumers (runtime.consumers) and $SRV responders (after_startup). Shutdown runs it backwards:
-requests in flight are answered, the batch each consumer holds is finished, then FastStream stops.
+the batch each consumer holds is finished, requests in hand are answered, then FastStream stops.
 """
 
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Iterable
-from typing import Any
 
 import asyncpg
 from faststream import FastStream
@@ -21,10 +19,10 @@ from redis.asyncio import Redis
 from handlers import HANDLER_SETS
 from handlers.handler_set import HandlerSet
 from runtime.consumers import BatchConsumer
-from runtime.errors import ErrorReplies, decode_json
 from runtime.micro import MicroService, StatsBook
 from runtime.nats_headers import install as install_header_parser
 from runtime.relay import OutboxRelay
+from runtime.requests import RequestServer
 from runtime.settings import Settings
 from runtime.streams import ensure_stream
 from storage.migrations import apply_migrations
@@ -61,6 +59,7 @@ class AppResources:
         self.pool: asyncpg.Pool | None = None
         self.redis: Redis | None = None
         self.relays: dict[str, OutboxRelay] = {}
+        self.requests: RequestServer | None = None
         self.consumers: list[BatchConsumer] = []
         self.services: list[MicroService] = []
         self.lifespans = contextlib.AsyncExitStack()
@@ -73,6 +72,7 @@ class AppResources:
         self.pool = await open_pool(s.postgres_dsn, s.postgres_pool_size)
         self.redis = Redis.from_url(s.redis_url)
         context = self.app.context
+        context.set_global("broker", self.broker)  # FastStream sets it only for its subscribers
         context.set_global("settings", s)
         context.set_global("pool", self.pool)
         context.set_global("redis", self.redis)
@@ -98,6 +98,9 @@ class AppResources:
     async def start_background(self) -> None:
         nc = self.broker.connection
         js = nc.jetstream()
+        self.requests = RequestServer(nc, self.sets, self.app.context, self.stats,
+                                      self.settings.request_workers)
+        await self.requests.start()
         for hs in self.sets:
             for consumer in hs.consumers:
                 batches = BatchConsumer(
@@ -116,26 +119,12 @@ class AppResources:
     async def stop_background(self) -> None:
         await asyncio.gather(*(c.stop(self.settings.graceful_timeout_seconds)
                                for c in self.consumers))
-        await self._finish_delivered_requests()
+        if self.requests is not None:
+            await self.requests.stop(self.settings.graceful_timeout_seconds)
         for service in self.services:
             await service.stop()
         for relay in self.relays.values():
             await relay.stop()
-
-    async def _finish_delivered_requests(self) -> None:
-        """FastStream's stop drops requests already delivered to this process but not yet
-        started, and their callers time out. Stop taking new ones, then answer those."""
-        subscribers = [s for s in self.broker.subscribers
-                       if getattr(s, "subscription", None) is not None
-                       and getattr(s, "stream", None) is None]
-        await asyncio.gather(*(s.subscription.drain() for s in subscribers),
-                             return_exceptions=True)
-        for subscriber in subscribers:
-            subscriber.subscription = None  # drained: FastStream must not unsubscribe it again
-        deadline = time.monotonic() + self.settings.graceful_timeout_seconds
-        # FastStream exposes no "all handlers finished" event, so poll its worker counters.
-        while time.monotonic() < deadline and any(_busy(s) for s in subscribers):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         await self.lifespans.aclose()
@@ -145,35 +134,19 @@ class AppResources:
             await self.redis.aclose()
 
 
-def _busy(subscriber: Any) -> bool:
-    limiter = getattr(subscriber, "limiter", None)
-    if limiter is None:
-        return False
-    queued = subscriber.receive_stream.statistics().current_buffer_used
-    return queued > 0 or limiter.value < subscriber.max_workers
-
-
 def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> FastStream:
     sets = select_sets(settings.handler_sets if set_names is None else set_names)
     install_header_parser()
     stats = StatsBook()
+    # The broker holds the connection; requests and events are served below it
+    # (runtime.requests, runtime.consumers), so it has no subscribers of its own.
     broker = NatsBroker(
         settings.nats_url,
         name=f"atlantic[{','.join(hs.name for hs in sets)}]",
-        middlewares=[ErrorReplies.for_stats(stats)],
-        decoder=decode_json,
-        apply_types=False,  # the endpoints inject their own (handlers.endpoints)
+        apply_types=False,
         graceful_timeout=settings.graceful_timeout_seconds,
-        log_level=logging.DEBUG,
     )
-    # FastStream logs two access lines per message ("Received", "Processed"); ErrorReplies logs
-    # one per request (atlantic.requests, DEBUG). FastStream's errors still come through.
-    if (access := logging.getLogger("faststream.access.nats")).level == logging.NOTSET:
-        access.setLevel(logging.WARNING)
     app = FastStream(broker)
-    for hs in sets:
-        broker.include_router(hs.router(workers=settings.request_workers,
-                                        context=broker.context))
     resources = AppResources(app, broker, settings, sets, stats)
     app.on_startup(resources.open)
     app.after_startup(resources.start_background)
@@ -181,3 +154,11 @@ def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> Fas
     app.after_shutdown(resources.close)
     app.context.set_global("resources", resources)
     return app
+
+
+def document_broker(sets: Iterable[HandlerSet]) -> NatsBroker:
+    """A broker declaring every endpoint of these sets, for the AsyncAPI document only."""
+    broker = NatsBroker(Settings.model_construct().nats_url, apply_types=False)
+    for hs in sets:
+        broker.include_router(hs.router())
+    return broker

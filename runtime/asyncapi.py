@@ -29,8 +29,7 @@ from contracts.errors import AtlanticError, ErrorReply
 from contracts.events import STREAM, Event
 from handlers import HANDLER_SETS
 from handlers.handler_set import Endpoint, EventConsumer, HandlerSet
-from runtime.app import build_app
-from runtime.settings import Settings
+from runtime.app import document_broker
 
 JSON_FILE = "asyncapi.json"
 YAML_FILE = "asyncapi.yaml"
@@ -61,9 +60,8 @@ def build_document() -> dict[str, Any]:
     """The whole document, deterministic: the same code always gives the same dict."""
     sets = list(HANDLER_SETS.values())
     # Defaults only: the document must not change with this machine's ATLANTIC_* variables.
-    app = build_app(Settings.model_construct(), [hs.name for hs in sets])
     doc = AsyncAPI(
-        app.broker,
+        document_broker(sets),
         title="Atlantic",
         version=version("atlantic"),
         description=INTRO.format(stream=STREAM)
@@ -172,7 +170,7 @@ def _error_headers() -> dict[str, Any]:
 def _patch_operations(doc: dict[str, Any], hs: HandlerSet, replies: dict[str, str]) -> None:
     """Tags the set's operations with its name; gives each endpoint its reply and error reply."""
     # FastStream names a channel "<subject>:<Handler>"; the set's own subscribers say which.
-    keys = {clear_key(k) for sub in hs.router(workers=1).subscribers for k in sub.schema()}
+    keys = {clear_key(k) for sub in hs.router().subscribers for k in sub.schema()}
     for operation in doc["operations"].values():
         key = next((k for k in keys if operation["channel"] == ref("channels", k)), None)
         if key is None:

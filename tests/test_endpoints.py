@@ -1,5 +1,5 @@
-"""How a handler is bound for FastStream (handlers.endpoints), without servers: what FastStream
-sees of it, and when each injected value is resolved."""
+"""How a handler is bound (handlers.endpoints), without servers: what FastStream documents of
+it, and when each injected value is resolved."""
 
 import inspect
 from collections.abc import AsyncIterator
@@ -81,8 +81,7 @@ def context() -> Counting:
 
 
 async def call(endpoint, context: ContextRepo, message: dict, *body):
-    with context.scope("message", message):
-        return await endpoint(*body)
+    return await endpoint(*body, message=message)
 
 
 def test_fast_stream_sees_the_request_model_only():

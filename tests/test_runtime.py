@@ -113,6 +113,23 @@ async def test_a_request_logs_one_debug_line_and_no_access_lines(client, caplog)
                 and r.getMessage() in ("Received", "Processed")]
 
 
+async def test_replies_carry_the_content_type_and_the_callers_correlation_id(client):
+    subject = "atlantic.catalog.products.get"
+    body = json.dumps({"productId": f"none-{RUN_ID}"}).encode()
+
+    echoed = await client.nc.request(subject, body, headers={"correlation_id": "c-1"}, timeout=5)
+    fresh = await client.nc.request(subject, body, timeout=5)
+    listed = await client.nc.request("atlantic.catalog.products.list", b"{}", timeout=5)
+
+    assert echoed.headers == {
+        "content-type": "application/json", "correlation_id": "c-1",
+        "Nats-Service-Error": f"product 'none-{RUN_ID}' does not exist",
+        "Nats-Service-Error-Code": "404"}
+    assert len(fresh.headers["correlation_id"]) == 36  # a new one, as FastStream made
+    assert listed.headers["content-type"] == "application/json"
+    assert "items" in json.loads(listed.data)
+
+
 async def test_call_prints_the_reply_and_exits_zero(system, settings):
     body = {"email": unique_email("cli"), "password": TEST_PASSWORD, "name": "Cli"}
 
