@@ -18,9 +18,9 @@ from faststream import FastStream
 
 from handlers import HANDLER_SETS
 from runtime.app import build_app
-from runtime.client import AtlanticClient
-from runtime.services import NatsServer, ensure_postgres, ensure_redis, free_port
 from runtime.settings import Settings
+from runtime.tools.client import AtlanticClient
+from runtime.tools.services import NatsServer, ensure_postgres, ensure_redis, free_port
 from storage.postgres import create_database, drop_database
 
 RUN_ID = uuid.uuid4().hex[:10]
@@ -111,7 +111,7 @@ async def customer(client: AtlanticClient) -> AtlanticClient:
 
 @pytest.fixture(scope="session")
 async def admin(client: AtlanticClient, settings: Settings) -> AtlanticClient:
-    from runtime.cli import ensure_admin
+    from runtime.tools.cli import ensure_admin
 
     email = unique_email("admin")
     await ensure_admin(settings, email, TEST_PASSWORD)

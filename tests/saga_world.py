@@ -19,10 +19,10 @@ from conftest import RUN_ID, TEST_PASSWORD, eventually, sign_up, unique_email
 from test_runtime import cli_env
 
 from runtime.app import build_app
-from runtime.cli import ensure_admin
-from runtime.client import AtlanticClient
-from runtime.services import NatsServer, free_port
 from runtime.settings import Settings
+from runtime.tools.cli import ensure_admin
+from runtime.tools.client import AtlanticClient
+from runtime.tools.services import NatsServer, free_port
 from storage.postgres import create_database, drop_database
 
 ATLANTIC = str(Path(sys.executable).parent / "atlantic")

@@ -14,7 +14,7 @@ import pytest
 from conftest import RUN_ID, eventually
 
 from contracts import analytics as contract
-from runtime.client import Reply
+from runtime.tools.client import Reply
 from storage.analytics import schema
 
 ORDERS = 2_500

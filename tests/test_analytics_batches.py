@@ -15,8 +15,8 @@ from test_analytics_faults import as_messages, orders_in, past_day, summary
 
 from contracts.events import STREAM
 from handlers.analytics.ingest import Batch, Ingest
-from runtime.services import NatsServer, free_port
 from runtime.streams import ensure_stream
+from runtime.tools.services import NatsServer, free_port
 
 # --- when a batch closes (no servers) --------------------------------------------------------
 

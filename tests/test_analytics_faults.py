@@ -16,8 +16,8 @@ from contracts import analytics as contract
 from contracts.base import new_id
 from contracts.events import InventoryAdjusted, OrderCreated, OrderItem
 from handlers.analytics.ingest import REPAIR_WINDOW_SECONDS
-from runtime.client import AtlanticClient
-from runtime.services import NatsServer, free_port
+from runtime.tools.client import AtlanticClient
+from runtime.tools.services import NatsServer, free_port
 from storage import deadletters
 from storage.analytics.rows import row
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from contracts.errors import ErrorReply
 from contracts.events import Event
 from handlers import HANDLER_SETS
-from runtime.asyncapi import build_document, render
+from runtime.tools.asyncapi import build_document, render
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 ENDPOINTS = [e for hs in HANDLER_SETS.values() for e in hs.endpoints]

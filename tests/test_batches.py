@@ -37,9 +37,9 @@ from contracts.events import (
 )
 from handlers import HANDLER_SETS
 from runtime.app import build_app
-from runtime.services import NatsServer, free_port
 from runtime.settings import Settings
 from runtime.streams import ensure_stream
+from runtime.tools.services import NatsServer, free_port
 from storage import deadletters
 from storage import orders as order_store
 from storage.migrations import apply_migrations

@@ -1,6 +1,6 @@
 """The saga bench's arithmetic, without servers: when orders are due and which rates count."""
 
-from runtime.bench.saga import Result, Step, schedule
+from runtime.tools.bench.saga import Result, Step, schedule
 
 
 def step(rate: float, latencies: list[float], orders: int | None = None) -> Step:

@@ -4,8 +4,8 @@ said and analytics agrees with PostgreSQL."""
 
 from conftest import RUN_ID, TEST_PASSWORD, unique_email
 
-from runtime.bench.world import open_world
-from runtime.loadgen import LoadConfig, run_loadgen
+from runtime.tools.bench.world import open_world
+from runtime.tools.loadgen import LoadConfig, run_loadgen
 
 ALL_SETS = ["users", "catalog", "orders", "payments", "analytics"]
 

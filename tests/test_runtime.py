@@ -15,8 +15,8 @@ from conftest import RUN_ID, SHARED_SETS, TEST_PASSWORD, unique_email
 from nats.micro.service import ServiceInfo, ServiceStats
 
 from handlers import HANDLER_SETS
-from runtime.client import AtlanticClient
-from runtime.services import NatsServer, free_port
+from runtime.tools.client import AtlanticClient
+from runtime.tools.services import NatsServer, free_port
 from storage.migrations import apply_migrations
 from storage.postgres import create_database, drop_database
 

@@ -12,7 +12,7 @@ from conftest import eventually
 from saga_world import World, open_world, start_set, stop_set
 
 from contracts.base import new_id
-from runtime.client import AtlanticClient, until_answered
+from runtime.tools.client import AtlanticClient, until_answered
 
 ORDERS_UNDER_RESTART = 1_000
 

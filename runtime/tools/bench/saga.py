@@ -28,10 +28,10 @@ import psutil
 
 from contracts.base import new_id
 from contracts.events import STREAM
-from runtime.bench.runner import Row, _product, echo_cpu, miss, ms, peak_rss_mb
-from runtime.bench.world import World, open_world
-from runtime.loadgen import percentile
 from runtime.settings import Settings
+from runtime.tools.bench.runner import Row, _product, echo_cpu, miss, ms, peak_rss_mb
+from runtime.tools.bench.world import World, open_world
+from runtime.tools.loadgen import percentile
 
 SETS = ["users", "catalog", "orders", "payments", "analytics"]
 ANALYTICS_ONCE = "analytics runs as ONE process: chDB owns its data directory exclusively"

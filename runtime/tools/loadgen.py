@@ -26,7 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from contracts.base import new_id
-from runtime.client import AtlanticClient, Reply, until_answered
+from runtime.tools.client import AtlanticClient, Reply, until_answered
 
 PASSWORD = "loadgen-shopper-pass"
 CARRIERS = ("UPS", "DHL", "PostNL")

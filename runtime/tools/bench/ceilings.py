@@ -1,16 +1,16 @@
 """The ceilings Atlantic's numbers are read against, each run as its own process like the
 handler sets are:
 
-    python -m runtime.bench.ceilings echo-responder NATS_URL SUBJECT
+    python -m runtime.tools.bench.ceilings echo-responder NATS_URL SUBJECT
         a raw nats-py echo responder: every request answered with its own body. The floor of
         request-reply in Python on this NATS server.
-    python -m runtime.bench.ceilings responder NATS_URL REDIS_URL PREFIX SUBJECT
+    python -m runtime.tools.bench.ceilings responder NATS_URL REDIS_URL PREFIX SUBJECT
         a raw nats-py responder doing what catalog.products.get does on a cache hit: validate
         the request, read Redis, validate the product, reply with its JSON.
-    python -m runtime.bench.ceilings ingest NATS_URL DATA_DIR COUNT
+    python -m runtime.tools.bench.ceilings ingest NATS_URL DATA_DIR COUNT
         a raw fetch-and-insert loop: JetStream batches straight into a ClickHouse (chDB) table
         of the same schema, acked after the insert; prints the events/s it sustained.
-    python -m runtime.bench.ceilings echo NATS_URL COUNT
+    python -m runtime.tools.bench.ceilings echo NATS_URL COUNT
         the CPU unit (PERFORMANCE.md rule 2): COUNT sequential 100-byte requests to a raw nats-py
         echo responder in the same process; prints the CPU seconds one round trip costs.
 """

@@ -16,9 +16,9 @@ from pathlib import Path
 import nats
 import nats.errors
 
-from runtime.cli import ensure_admin, ensure_demo_catalog
-from runtime.services import NatsServer, free_port
 from runtime.settings import Settings
+from runtime.tools.cli import ensure_admin, ensure_demo_catalog
+from runtime.tools.services import NatsServer, free_port
 from storage.postgres import create_database, drop_database
 
 ATLANTIC = str(Path(sys.executable).parent / "atlantic")

@@ -107,7 +107,7 @@ def create_admin(email: Annotated[str, typer.Option()],
 
 async def _call(settings: Settings, subject: str, payload: object, token: str | None,
                 timeout: float) -> int:
-    from runtime.client import AtlanticClient
+    from runtime.tools.client import AtlanticClient
 
     client = await AtlanticClient.connect(settings.nats_url, token)
     try:
@@ -147,7 +147,7 @@ def call(
 @cli.command()
 def services() -> None:
     """Check PostgreSQL and Redis, starting the machine's own when they are down."""
-    from runtime.services import ensure_postgres, ensure_redis
+    from runtime.tools.services import ensure_postgres, ensure_redis
 
     settings = Settings()
     problems = [p for p in (ensure_postgres(settings.postgres_dsn),
@@ -160,7 +160,7 @@ def services() -> None:
 @cli.command()
 def docs() -> None:
     """Write docs/asyncapi.json and docs/asyncapi.yaml for every handler set."""
-    from runtime.asyncapi import write_documents
+    from runtime.tools.asyncapi import write_documents
 
     for path in write_documents(Path.cwd() / "docs"):
         typer.echo(f"wrote {path}")
@@ -209,7 +209,7 @@ def loadgen(
     an order is lost, doubled or stuck, or analytics disagrees with PostgreSQL)."""
     from rich.console import Console
 
-    from runtime.loadgen import LoadConfig, run_loadgen, summary_table
+    from runtime.tools.loadgen import LoadConfig, run_loadgen, summary_table
 
     settings = Settings()
     config = LoadConfig(
@@ -254,9 +254,9 @@ def bench(
     from rich.markdown import Markdown
     from rich.table import Table
 
-    from runtime.bench.runner import markdown, run
-    from runtime.bench.saga import TOPOLOGIES, Plan
-    from runtime.services import ensure_postgres, ensure_redis
+    from runtime.tools.bench.runner import markdown, run
+    from runtime.tools.bench.saga import TOPOLOGIES, Plan
+    from runtime.tools.services import ensure_postgres, ensure_redis
 
     settings = Settings()
     problems = [p for p in (ensure_postgres(settings.postgres_dsn),
@@ -310,7 +310,7 @@ Stop with Ctrl-C.
 
 async def _up(settings: Settings) -> None:
     from runtime.app import build_app, select_sets
-    from runtime.services import NatsServer, answers, ensure_postgres, ensure_redis, host_port
+    from runtime.tools.services import NatsServer, answers, ensure_postgres, ensure_redis, host_port
 
     problems = [p for p in (ensure_postgres(settings.postgres_dsn),
                             ensure_redis(settings.redis_url)) if p]

@@ -1,10 +1,10 @@
 """Analytics storage measured directly in chDB, as its own process (chDB locks its directory):
 
-    python -m runtime.bench.queries dashboard DATA_DIR EVENTS REPEATS
+    python -m runtime.tools.bench.queries dashboard DATA_DIR EVENTS REPEATS
         loads EVENTS synthetic events in bulk (INSERT ... SELECT FROM numbers(), straight into
         the events table, so the materialized views fill too) and times every dashboard query
         through AnalyticsStore, over the default 24-hour window and over all 30 days.
-    python -m runtime.bench.queries lag DATA_DIR SINCE_ISO [UNTIL_ISO]
+    python -m runtime.tools.bench.queries lag DATA_DIR SINCE_ISO [UNTIL_ISO]
         event-to-insert lag of the events stamped from SINCE (to UNTIL): the event's own
         timestamp against the row's ingested_at, p50 and p99 in seconds. The bench stamps each
         event with the moment it was due to be sent, so a late send counts as lag too.

@@ -7,7 +7,8 @@ below FastStream: runtime.consumers). This module adds a `reply` to every reques
 event, and a receive operation for every subject each durable consumer takes. Reply and event
 schemas are the serialization form: camelCase, every field present, as a client receives them.
 
-`python -m runtime.asyncapi [out_dir]` (or `atlantic docs`) writes docs/asyncapi.json and .yaml.
+`python -m runtime.tools.asyncapi [out_dir]` (or `atlantic docs`) writes docs/asyncapi.json
+and .yaml.
 """
 
 import importlib

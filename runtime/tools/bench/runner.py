@@ -1,7 +1,7 @@
 """`atlantic bench`: every workload beside its own ceiling, measured in the same run so the
 ratio holds on a noisy machine; a table on the terminal and dated rows appended to BENCHMARKS.md.
 
-Each workload gets a world of its own (runtime.bench.world): its own nats-server, PostgreSQL
+Each workload gets a world of its own (runtime.tools.bench.world): its own nats-server, PostgreSQL
 database and chDB directory, and the handler sets in `atlantic serve` processes, as deployed.
 """
 
@@ -26,12 +26,12 @@ import psutil
 from contracts.base import new_id
 from contracts.events import OrderCreated, OrderItem
 from handlers import HANDLER_SETS
-from runtime.bench.world import World, open_world
-from runtime.loadgen import percentile
 from runtime.settings import Settings
+from runtime.tools.bench.world import World, open_world
+from runtime.tools.loadgen import percentile
 
 if TYPE_CHECKING:  # saga.py builds on this module, so it is imported in run()
-    from runtime.bench.saga import Plan
+    from runtime.tools.bench.saga import Plan
 
 @dataclass
 class Row:
@@ -163,9 +163,9 @@ async def request_reply(base: Settings, sizes: Sizes, rss: dict[str, float]) -> 
     """A cached catalog.products.get, from the catalog alone and from one process running every
     set (each in a world of its own, both up at once, measured turn about), beside a raw nats-py
     echo responder and a raw cached-read responder (Redis GET and pydantic,
-    runtime.bench.ceilings); then catalog.quote, and in the one process orders.create,
+    runtime.tools.bench.ceilings); then catalog.quote, and in the one process orders.create,
     users.me and orders.get. CPU per request is read off each responding process."""
-    from runtime.bench.saga import _shopper  # saga.py builds on this module
+    from runtime.tools.bench.saga import _shopper  # saga.py builds on this module
 
     seconds = sizes.seconds / 2  # per round; three rounds each
     async with contextlib.AsyncExitStack() as stack:
@@ -244,8 +244,8 @@ async def request_reply(base: Settings, sizes: Sizes, rss: dict[str, float]) -> 
 
 def _ceiling(stack: contextlib.ExitStack | contextlib.AsyncExitStack, kind: str,
              *args: str) -> int:
-    """Starts a ceiling responder (runtime.bench.ceilings) until the stack closes; its pid."""
-    process = subprocess.Popen([sys.executable, "-m", "runtime.bench.ceilings", kind, *args],
+    """Starts a ceiling responder (runtime.tools.bench.ceilings) until the stack closes; its pid."""
+    process = subprocess.Popen([sys.executable, "-m", "runtime.tools.bench.ceilings", kind, *args],
                                stdout=subprocess.PIPE)
     stack.callback(process.wait)
     stack.callback(process.terminate)
@@ -269,7 +269,7 @@ async def _product(nc: nats.NATS, world: World) -> str:
     return json.loads(reply.data)["productId"]
 
 
-# --- b. the order saga: runtime.bench.saga -------------------------------------------------------
+# --- b. the order saga: runtime.tools.bench.saga ------------------------------------------------
 
 # --- c. analytics ingest -------------------------------------------------------------------------
 
@@ -367,11 +367,11 @@ async def ingest(base: Settings, sizes: Sizes, rss: dict[str, float]) -> list[Ro
             ours = len(backlog) / (await _drained(js, "analytics-ingest") - began)
             rss["analytics (ingest)"] = peak_rss_mb(analytics.pid)
             world.stop("analytics")  # chDB: one process per directory
-            lags = [json.loads(_run_module("runtime.bench.queries", "lag",
+            lags = [json.loads(_run_module("runtime.tools.bench.queries", "lag",
                                            world.settings.data_dir, s.since.isoformat(),
                                            s.until.isoformat())) for s in steady]
             # The ceiling over the very same stream, into a directory of its own.
-            raw = json.loads(_run_module("runtime.bench.ceilings", "ingest",
+            raw = json.loads(_run_module("runtime.tools.bench.ceilings", "ingest",
                                          world.settings.nats_url,
                                          str(Path(world.settings.data_dir) / "raw"),
                                          str(len(backlog) + sum(s.events for s in steady))))
@@ -409,7 +409,7 @@ async def ingest(base: Settings, sizes: Sizes, rss: dict[str, float]) -> list[Ro
 def echo_cpu(nats_url: str, round_trips: int = 3_000) -> float:
     """The CPU unit of this machine (PERFORMANCE.md rule 2): seconds of CPU one raw nats-py
     echo round trip costs, requester and responder in one process."""
-    return json.loads(_run_module("runtime.bench.ceilings", "echo", nats_url,
+    return json.loads(_run_module("runtime.tools.bench.ceilings", "echo", nats_url,
                                   str(round_trips)))["cpu_seconds"]
 
 
@@ -424,7 +424,7 @@ def _run_module(module: str, *args: str) -> str:
 def dashboard(sizes: Sizes, tmp: Path) -> list[Row]:
     rows = []
     for events in sizes.dashboard_events:
-        result = json.loads(_run_module("runtime.bench.queries", "dashboard",
+        result = json.loads(_run_module("runtime.tools.bench.queries", "dashboard",
                                         str(tmp / f"dashboard-{events}"), str(events),
                                         str(sizes.repeats)))
         for name, (p50, p99) in result["queries"].items():
@@ -447,7 +447,7 @@ def machine() -> str:
 def versions() -> str:
     from importlib.metadata import version
 
-    from runtime.services import nats_server_binary
+    from runtime.tools.services import nats_server_binary
 
     server = subprocess.run([nats_server_binary(), "--version"], capture_output=True,
                             text=True).stdout.strip()
@@ -458,7 +458,7 @@ def versions() -> str:
 async def run(base: Settings, quick: bool, only: set[str],
               plan: "Plan | None" = None) -> tuple[list[Row], dict[str, float], list[str]]:
     """The rows, peak RSS by process, and further markdown tables (the saga's breakdowns)."""
-    from runtime.bench.saga import Plan, saga
+    from runtime.tools.bench.saga import Plan, saga
 
     sizes = QUICK if quick else FULL
     rows: list[Row] = []
