@@ -111,7 +111,7 @@ async def customer(client: AtlanticClient) -> AtlanticClient:
 
 @pytest.fixture(scope="session")
 async def admin(client: AtlanticClient, settings: Settings) -> AtlanticClient:
-    from runtime.tools.cli import ensure_admin
+    from runtime.tools.bootstrap import ensure_admin
 
     email = unique_email("admin")
     await ensure_admin(settings, email, TEST_PASSWORD)

@@ -20,7 +20,7 @@ from test_runtime import cli_env
 
 from runtime.app import build_app
 from runtime.settings import Settings
-from runtime.tools.cli import ensure_admin
+from runtime.tools.bootstrap import ensure_admin
 from runtime.tools.client import AtlanticClient
 from runtime.tools.services import NatsServer, free_port
 from storage.postgres import create_database, drop_database

@@ -35,7 +35,7 @@ from contracts.events import (
 )
 from handlers.catalog import saga
 from handlers.catalog.demo import demo_products
-from runtime.tools.cli import ensure_demo_catalog
+from runtime.tools.bootstrap import ensure_demo_catalog
 from runtime.tools.services import free_port
 from storage.migrations import apply_migrations
 from storage.postgres import create_database, drop_database

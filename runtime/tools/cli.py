@@ -55,49 +55,12 @@ def serve(
     asyncio.run(_serve(settings, names))
 
 
-async def ensure_admin(settings: Settings, email: str, password: str) -> str:
-    from contracts.errors import Conflict
-    from contracts.users import Register
-    from handlers.users import create_account
-    from storage.migrations import apply_migrations
-    from storage.postgres import create_database, open_pool
-    from storage.users import promote_to_admin
-
-    request = Register(email=email, password=password, name="Administrator")
-    await create_database(settings.postgres_dsn)
-    await asyncio.to_thread(apply_migrations, settings.postgres_dsn)
-    pool = await open_pool(settings.postgres_dsn, 2)
-    try:
-        async with pool.acquire() as db:
-            try:
-                user = await create_account(db, request.email, request.password, request.name,
-                                            "admin")
-                return f"created admin {user.email} ({user.user_id})"
-            except Conflict:
-                await promote_to_admin(db, request.email)
-                return f"{request.email} already existed; it is an admin now"
-    finally:
-        await pool.close()
-
-
-async def ensure_demo_catalog(settings: Settings) -> str:
-    """Loads the demo catalog into an empty catalog; leaves a catalog with products alone."""
-    from handlers.catalog.demo import load_demo_catalog
-    from storage.postgres import open_pool
-
-    pool = await open_pool(settings.postgres_dsn, 2)
-    try:
-        async with pool.acquire() as db:
-            added = await load_demo_catalog(db)
-    finally:
-        await pool.close()
-    return f"loaded the demo catalog: {added} products" if added else "the catalog has products"
-
-
 @users_cli.command("create-admin")
 def create_admin(email: Annotated[str, typer.Option()],
                  password: Annotated[str, typer.Option()]) -> None:
     """Create an administrator account (or promote an existing one)."""
+    from runtime.tools.bootstrap import ensure_admin
+
     try:
         typer.echo(asyncio.run(ensure_admin(Settings(), email, password)))
     except ValidationError as exc:
@@ -310,6 +273,7 @@ Stop with Ctrl-C.
 
 async def _up(settings: Settings) -> None:
     from runtime.app import build_app, select_sets
+    from runtime.tools.bootstrap import ensure_admin, ensure_demo_catalog
     from runtime.tools.services import NatsServer, answers, ensure_postgres, ensure_redis, host_port
 
     problems = [p for p in (ensure_postgres(settings.postgres_dsn),

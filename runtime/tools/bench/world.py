@@ -17,7 +17,7 @@ import nats
 import nats.errors
 
 from runtime.settings import Settings
-from runtime.tools.cli import ensure_admin, ensure_demo_catalog
+from runtime.tools.bootstrap import ensure_admin, ensure_demo_catalog
 from runtime.tools.services import NatsServer, free_port
 from storage.postgres import create_database, drop_database
 
