@@ -121,9 +121,6 @@ class AnalyticsStore:
         lag = row["lag_ms"] / 1000 if int(row["recent"]) else None
         return {"last_ingested_at": _time(row["last"]), "lag_seconds": lag}
 
-    async def event_count(self) -> int:
-        return int((await self._one("SELECT count() AS n FROM {db}.events"))["n"])
-
     # --- dashboard queries ----------------------------------------------------------------
 
     async def summary(self, start: datetime, end: datetime) -> dict[str, Any]:

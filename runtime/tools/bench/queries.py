@@ -16,6 +16,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
+from runtime.tools.loadgen import percentile
 from storage.analytics import AnalyticsStore, schema
 
 DAYS = 30
@@ -52,11 +53,6 @@ FROM (SELECT number, number % 20 AS k FROM numbers({n}))
 
 def midnight(moment: datetime) -> datetime:
     return moment.replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def dashboard(data_dir: str, events: int, repeats: int) -> dict:
