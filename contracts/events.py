@@ -15,6 +15,11 @@ USER_REGISTERED = "atlantic.events.user.registered"
 USER_LOGGED_IN = "atlantic.events.user.logged_in"
 
 
+# Every event on the wire by its name ("OrderCreated"): each event class adds itself as it is
+# defined (the behaviour events of contracts.analytics too, imported at the end of this module).
+EVENT_TYPES: dict[str, type["Event"]] = {}
+
+
 class Event(Wire):
     """The envelope: every event carries its name, a UTC timestamp and a unique eventId."""
 
@@ -22,6 +27,14 @@ class Event(Wire):
     event: str
     event_id: str = Field(default_factory=new_id, max_length=64)
     timestamp: datetime = Field(default_factory=utc_now)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        # Intermediate bases declare `subject` without a value: they are not on the wire. Tests
+        # may define events of their own: only the contracts' count.
+        if hasattr(cls, "subject") and cls.__module__.startswith("contracts."):
+            EVENT_TYPES[cls.model_fields["event"].default] = cls
 
 
 class UserRegistered(Event):
@@ -197,3 +210,8 @@ class InventoryLow(Event):
     product_id: Id
     available: int
     threshold: int
+
+
+# The behaviour events (published by analytics.track) live beside their requests; importing them
+# here makes EVENT_TYPES whole whichever contracts module is imported first.
+import contracts.analytics  # noqa: E402, F401

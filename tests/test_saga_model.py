@@ -51,8 +51,7 @@ DECLINE_ABOVE = Decimal("35.00")  # orders above this are declined by the sandbo
 ADMIN = SessionInfo("admin", "admin", "x")
 SETTLED = {"RESERVED", "SHIPPED", "DELIVERED", "CANCELLED", "RETURNED"}
 MONEY_KEPT = {"PAID", "RESERVED", "SHIPPED", "DELIVERED"}
-EVENT_CLASSES = {c.subject: c for c in vars(events).values()
-                 if isinstance(c, type) and issubclass(c, events.Event) and c is not events.Event}
+EVENT_CLASSES = {c.subject: c for c in events.EVENT_TYPES.values()}
 # Every consumer of the saga, as the sets declare them: (schema, consumer).
 CONSUMERS = [(hs.outbox_schema, c) for hs in (catalog, orders, payments) for c in hs.consumers]
 

@@ -27,7 +27,7 @@ from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
 import contracts
 from contracts.errors import AtlanticError, ErrorReply
-from contracts.events import STREAM, Event
+from contracts.events import EVENT_TYPES, STREAM, Event
 from handlers import HANDLER_SETS
 from handlers.handler_set import Endpoint, EventConsumer, HandlerSet
 from runtime.app import document_broker
@@ -124,8 +124,7 @@ def _contract_subclasses(cls: type) -> list[type]:
 
 
 def _events() -> list[type[Event]]:
-    # Intermediate bases declare `subject` without a value: they are not on the wire.
-    return [e for e in _contract_subclasses(Event) if hasattr(e, "subject")]
+    return sorted(EVENT_TYPES.values(), key=lambda c: (c.__module__, c.__qualname__))
 
 
 def _add_wire_models(doc: dict[str, Any], models: list[type[BaseModel]]) -> dict[type, str]:

@@ -12,27 +12,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-import contracts.analytics  # noqa: F401  (registers the behaviour events)
-from contracts.events import Event
+from contracts.events import EVENT_TYPES, Event
 
 
 class Malformed(ValueError):
     """The message can never become a row."""
-
-
-def _known_events() -> dict[str, type[Event]]:
-    found: dict[str, type[Event]] = {}
-    pending = list(Event.__subclasses__())
-    while pending:
-        cls = pending.pop()
-        pending += cls.__subclasses__()
-        name = cls.model_fields["event"].default
-        if isinstance(name, str):
-            found[name] = cls
-    return found
-
-
-KNOWN = _known_events()
 
 
 def ch_time(moment: datetime) -> str:
@@ -49,7 +33,7 @@ def _envelope(body: bytes) -> Event:
         raise Malformed("the event is not a JSON object")
     if not data.get("eventId") or not data.get("timestamp") or not data.get("event"):
         raise Malformed("event, eventId and timestamp are required")  # no defaults here
-    model = KNOWN.get(data["event"], Event) if isinstance(data["event"], str) else Event
+    model = EVENT_TYPES.get(data["event"], Event) if isinstance(data["event"], str) else Event
     try:
         # From the bytes again: pydantic's own JSON parser keeps money exact, and is faster
         # than validating the parsed dict.
