@@ -73,3 +73,23 @@ async def write(db: asyncpg.Connection, new: Sequence[PaymentChange],
 async def view(db: asyncpg.Connection, order_id: str) -> Payment | None:
     row = await db.fetchrow("SELECT * FROM payments.payments WHERE order_id = $1", order_id)
     return Payment(**dict(row)) if row else None
+
+
+async def sandbox_answer(pool: asyncpg.Pool, key: str, kind: str, reference: str,
+                         customer_id: str, amount: Decimal,
+                         decline_reason: str | None) -> asyncpg.Record:
+    """The sandbox provider's ledger: the first answer given under this idempotency key. One
+    round trip, or two when a call with the same key committed while this one waited on it
+    (its row is then read afresh). The provider's own connection, outside the caller's
+    transaction."""
+    row = await pool.fetchrow(
+        "WITH first AS (INSERT INTO payments.sandbox_ledger (idempotency_key, kind, reference,"
+        "  customer_id, amount, approved, decline_reason)"
+        "  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING"
+        "  RETURNING reference, approved, decline_reason)"
+        " SELECT * FROM first UNION ALL SELECT reference, approved, decline_reason"
+        " FROM payments.sandbox_ledger WHERE idempotency_key = $1",
+        key, kind, reference, customer_id, amount, decline_reason is None, decline_reason)
+    return row or await pool.fetchrow(
+        "SELECT reference, approved, decline_reason FROM payments.sandbox_ledger"
+        " WHERE idempotency_key = $1", key)

@@ -18,6 +18,7 @@ from typing import Protocol
 import asyncpg
 
 from contracts.base import new_id
+from storage import payments as store
 
 
 @dataclass(frozen=True)
@@ -52,29 +53,14 @@ class SandboxProvider:
             return "card declined"
         return None
 
-    async def _once(self, key: str, kind: str, reference: str, customer_id: str,
-                    amount: Decimal, decline_reason: str | None) -> asyncpg.Record:
-        """The first answer given under this key: one round trip, or two when a call with the
-        same key committed while this one waited on it (its row is then read afresh)."""
-        row = await self._pool.fetchrow(
-            "WITH first AS (INSERT INTO payments.sandbox_ledger (idempotency_key, kind, reference,"
-            "  customer_id, amount, approved, decline_reason)"
-            "  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING"
-            "  RETURNING reference, approved, decline_reason)"
-            " SELECT * FROM first UNION ALL SELECT reference, approved, decline_reason"
-            " FROM payments.sandbox_ledger WHERE idempotency_key = $1",
-            key, kind, reference, customer_id, amount, decline_reason is None, decline_reason)
-        return row or await self._pool.fetchrow(
-            "SELECT reference, approved, decline_reason FROM payments.sandbox_ledger"
-            " WHERE idempotency_key = $1", key)
-
     async def charge(self, idempotency_key: str, customer_id: str,
                      amount: Decimal) -> ChargeResult:
-        row = await self._once(idempotency_key, "charge", new_id(), customer_id, amount,
-                               self._decide(customer_id, amount))
+        row = await store.sandbox_answer(self._pool, idempotency_key, "charge", new_id(),
+                                         customer_id, amount, self._decide(customer_id, amount))
         return ChargeResult(row["reference"], row["approved"], row["decline_reason"])
 
     async def refund(self, idempotency_key: str, payment_id: str, customer_id: str,
                      amount: Decimal) -> str:
-        row = await self._once(idempotency_key, "refund", new_id(), customer_id, amount, None)
+        row = await store.sandbox_answer(self._pool, idempotency_key, "refund", new_id(),
+                                         customer_id, amount, None)
         return row["reference"]
