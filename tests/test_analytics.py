@@ -219,12 +219,20 @@ async def test_a_window_holding_nothing_answers_zeros(queries, history):
     assert (body["orders"], body["revenue"], body["averageOrderValue"]) == (0, 0, 0)
 
 
-async def test_summary_reports_the_ingest_lag(admin, history):
+async def test_summary_reports_the_ingest_lag(client, admin, system, history):
+    """An event stored within the last minute gives the lag a value (None means none was)."""
+    before = datetime.now(UTC).replace(microsecond=0)
+    tracked = await client.call(contract.TRACK, {
+        "anonymousId": f"anon-{RUN_ID}-lag", "events": [{"type": "product_viewed",
+                                                         "productId": "tea-3"}]})
+    assert tracked.ok, tracked.body
+    await drained(system)
+
     body = await ask(admin, contract.SUMMARY, {})
 
     assert body["ingest"]["pending"] >= 0  # others' events may be arriving meanwhile
-    assert body["ingest"]["lastIngestedAt"] is not None
-    assert body["ingest"]["lagSeconds"] is None or body["ingest"]["lagSeconds"] >= 0
+    assert datetime.fromisoformat(body["ingest"]["lastIngestedAt"]) >= before
+    assert body["ingest"]["lagSeconds"] is not None and body["ingest"]["lagSeconds"] >= 0
 
 
 # --- bad parameters, permissions -------------------------------------------------------------

@@ -7,10 +7,12 @@ from decimal import Decimal
 
 import pytest
 from conftest import eventually
+from nats.js.api import PubAck
 from saga_world import World, open_world
 
 from contracts.base import new_id
 from contracts.events import STREAM, Event, InventoryReserved, PaymentProcessed, StockItem
+from handlers.orders.saga import LIFECYCLE_CONSUMER
 from storage import orders as store
 
 
@@ -21,8 +23,8 @@ async def world(settings, tmp_path_factory) -> AsyncIterator[World]:
         yield world
 
 
-async def publish(world: World, event: Event) -> None:
-    await world.client.nc.jetstream().publish(
+async def publish(world: World, event: Event) -> PubAck:
+    return await world.client.nc.jetstream().publish(
         event.subject, event.model_dump_json().encode(), stream=STREAM,
         headers={"Nats-Msg-Id": event.event_id})
 
@@ -288,9 +290,9 @@ async def test_an_early_event_waits_for_the_step_before_it(world: World):
         await db.execute("DELETE FROM orders.outbox WHERE event_id = $1", created.event_id)
         await store.set_status(db, order_id, "VALIDATED")
 
-    await publish(world, InventoryReserved(order_id=order_id,
-                                           items=[StockItem(product_id="p", quantity=1)]))
-    await asyncio.sleep(0.5)  # delivered at least once, and refused as early
+    early = await publish(world, InventoryReserved(order_id=order_id,
+                                                   items=[StockItem(product_id="p", quantity=1)]))
+    await eventually(lambda: _came_back(world, LIFECYCLE_CONSUMER, early.seq))
     assert await _status(world, order_id) == "VALIDATED"
     await publish(world, PaymentProcessed(order_id=order_id, payment_id=new_id(),
                                           payment_status="SUCCESS", amount=Decimal("3.00")))
@@ -305,6 +307,14 @@ async def _ignored(world: World, order_id: str, event_id: str) -> list[dict]:
     rows = await world.db.fetch("SELECT * FROM orders.ignored_events WHERE order_id = $1"
                                 " AND event_id = $2", order_id, event_id)
     return [dict(r) for r in rows]
+
+
+async def _came_back(world: World, durable: str, seq: int) -> bool:
+    """The consumer was handed the event at `seq` and has not acked it yet, and an event of its
+    came back after a refusal (the early one: nothing else is pending in this world)."""
+    info = await world.client.nc.jetstream().consumer_info(STREAM, durable)
+    return (info.delivered.stream_seq >= seq > info.ack_floor.stream_seq
+            and info.num_ack_pending >= 1 and info.num_redelivered >= 1)
 
 
 async def _status(world: World, order_id: str) -> str:
