@@ -12,6 +12,8 @@ from conftest import eventually
 from saga_world import World, open_world, start_set, stop_set
 
 from contracts.base import new_id
+from contracts.events import STREAM
+from handlers import HANDLER_SETS
 from runtime.tools.client import AtlanticClient, until_answered
 
 ORDERS_UNDER_RESTART = 1_000
@@ -67,23 +69,56 @@ async def charges_per_order(world: World, order_ids: list[str]) -> dict[str, int
     return {r["order_id"]: r["n"] for r in rows}
 
 
+async def in_flight(world: World, name: str) -> int:
+    """Events the set's consumers were handed and have not acked."""
+    js = world.client.nc.jetstream()
+    return sum([(await js.consumer_info(STREAM, c.durable)).num_ack_pending
+                for c in HANDLER_SETS[name].consumers])
+
+
+async def kill_mid_flight(world: World, name: str) -> int:
+    """SIGKILL to the set's process while its consumers hold events they have not acked: the
+    process is frozen (SIGSTOP) to look, and killed only when something is in flight. Returns
+    how many events the dead process left unacked."""
+    process = world.processes[name]
+
+    async def frozen_holding_events() -> bool:
+        process.send_signal(signal.SIGSTOP)
+        if await in_flight(world, name):
+            return True
+        process.send_signal(signal.SIGCONT)
+        return False
+
+    await eventually(frozen_holding_events, seconds=60, interval=0.01)
+    await stop_set(world, name, signal.SIGKILL)
+    return await in_flight(world, name)
+
+
 async def test_consumers_killed_mid_flight_change_nothing_twice(world: World):
-    """SIGKILL lands between some commit and its ack: the redelivered events find their inbox
-    marks, so no second charge, hold or status change."""
+    """SIGKILL lands while events are in flight: the redelivered events find their inbox marks
+    (or are applied for the first time), so no second charge, hold or status change."""
     customer, _ = await world.customer()
-    product = await world.product("15.00", 1_000)
-    placing = asyncio.create_task(place_many(customer, [product], 150))
+    product = await world.product("15.00", 10_000)
+    killing = asyncio.Event()
+    order_ids: list[str] = []
 
-    await asyncio.sleep(0.5)
+    async def shop_until_the_kills_are_done() -> None:
+        while not killing.is_set():
+            order_ids.extend(await place_many(customer, [product], 25, shoppers=25))
+
+    placing = asyncio.create_task(shop_until_the_kills_are_done())
+    left_unacked = {}
     for name in ("payments", "catalog", "orders"):
-        await stop_set(world, name, signal.SIGKILL)
+        left_unacked[name] = await kill_mid_flight(world, name)
         await start_set(world, name)
-    order_ids = await placing
+    killing.set()
+    await placing
 
-    await eventually(lambda: all_reserved(world, order_ids), seconds=90)
+    assert all(left_unacked.values()), f"a kill found nothing in flight: {left_unacked}"
+    await eventually(lambda: all_reserved(world, order_ids), seconds=120)
     assert await charges_per_order(world, order_ids) == dict.fromkeys(order_ids, 1)
     stock = await world.stock(product)
-    assert stock["reserved"] == 150 and stock["held"] == 0 and stock["onHand"] == 1_000
+    assert (stock["reserved"], stock["held"], stock["onHand"]) == (len(order_ids), 0, 10_000)
     history = await world.db.fetch(
         "SELECT order_id, count(*) AS n FROM orders.history WHERE order_id = ANY($1)"
         " GROUP BY 1", order_ids)
