@@ -25,10 +25,14 @@ setup:
 up: setup
     {{bin}}/atlantic up
 
-# Run the whole test suite against real servers (extra arguments go to pytest).
+# Run the whole test suite: the fast tier and the tests on real servers (arguments go to pytest).
 test *args: setup
     {{bin}}/atlantic services
     {{bin}}/pytest {{args}}
+
+# Only the fast tier: the tests that need no server (pure tables, contracts, parsers), in seconds.
+test-fast *args: setup
+    {{bin}}/pytest -m fast {{args}}
 
 # Lint.
 lint: setup

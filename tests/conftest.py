@@ -37,6 +37,16 @@ def _test_dsn(base_dsn: str) -> str:
     return urlunsplit(parts._replace(path=f"/atlantic_test_{RUN_ID}"))
 
 
+# What a test of the fast tier may not ask for: each of these starts or reaches a server.
+SERVER_FIXTURES = {"nats_server", "settings", "database", "system", "client", "customer", "admin"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("fast") and SERVER_FIXTURES & set(item.fixturenames):
+            raise pytest.UsageError(f"{item.nodeid} is marked fast but asks for a server")
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     server = NatsServer(free_port(), Path(tmp_path_factory.mktemp("nats")) / "store").start()

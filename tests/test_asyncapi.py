@@ -13,6 +13,8 @@ from contracts.events import EVENT_TYPES, Event
 from handlers import HANDLER_SETS
 from runtime.tools.asyncapi import build_document, render
 
+pytestmark = pytest.mark.fast
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 ENDPOINTS = [e for hs in HANDLER_SETS.values() for e in hs.endpoints]
 

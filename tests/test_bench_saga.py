@@ -1,6 +1,10 @@
 """The saga bench's arithmetic, without servers: when orders are due and which rates count."""
 
+import pytest
+
 from runtime.tools.bench.saga import Result, Step, schedule
+
+pytestmark = pytest.mark.fast
 
 
 def step(rate: float, latencies: list[float], orders: int | None = None) -> Step:

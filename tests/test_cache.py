@@ -9,6 +9,8 @@ from redis.exceptions import RedisError
 
 from storage.cache import ProductCache
 
+pytestmark = pytest.mark.fast
+
 
 class SlowRedis:
     """Answers each MGET when `answer` is called; remembers what each asked for."""

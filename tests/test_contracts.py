@@ -9,6 +9,8 @@ import pytest
 
 from contracts import events
 
+pytestmark = pytest.mark.fast
+
 # DESIGN "Events", transcribed: subject -> (event name, {field: JSON type}).
 ENVELOPE = {"event": "string", "timestamp": "string", "eventId": "string"}
 ITEM_WITH_PRICE = {"productId": "string", "quantity": "integer", "price": "number"}

@@ -75,6 +75,7 @@ def _final_stage(dockerfile: str) -> list[str]:
 
 # --- compose.yaml ----------------------------------------------------------------------------
 
+@pytest.mark.fast
 def test_compose_runs_one_service_per_handler_set_from_one_image():
     services = _compose()["services"]
 
@@ -90,6 +91,7 @@ def test_compose_runs_one_service_per_handler_set_from_one_image():
         assert service["environment"]["ATLANTIC_HANDLERS"] == name
 
 
+@pytest.mark.fast
 def test_compose_sets_wait_for_healthy_infrastructure():
     services = _compose()["services"]
 
@@ -102,6 +104,7 @@ def test_compose_sets_wait_for_healthy_infrastructure():
     assert services["analytics"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
 
 
+@pytest.mark.fast
 def test_compose_gives_every_set_its_settings_and_only_analytics_clickhouse():
     services = _compose()["services"]
 
@@ -114,6 +117,7 @@ def test_compose_gives_every_set_its_settings_and_only_analytics_clickhouse():
     assert (clickhouse.scheme, clickhouse.hostname, clickhouse.port) == ("http", "clickhouse", 8123)
 
 
+@pytest.mark.fast
 def test_compose_sets_connect_to_nats_as_their_own_user():
     services = _compose()["services"]
     nats_env = services["nats"]["environment"]
@@ -127,6 +131,7 @@ def test_compose_sets_connect_to_nats_as_their_own_user():
         assert nats_env[variable] == url.password
 
 
+@pytest.mark.fast
 def test_compose_runs_nats_with_the_deploy_config_and_a_jetstream_volume():
     compose = _compose()
     nats_service = compose["services"]["nats"]
@@ -142,6 +147,7 @@ def test_compose_runs_nats_with_the_deploy_config_and_a_jetstream_volume():
 
 # --- Dockerfile ------------------------------------------------------------------------------
 
+@pytest.mark.fast
 def test_dockerfile_builds_in_stages_and_runs_atlantic_as_a_non_root_user():
     dockerfile = DOCKERFILE.read_text()
 
@@ -158,6 +164,7 @@ def test_dockerfile_builds_in_stages_and_runs_atlantic_as_a_non_root_user():
     assert program[:2] == ["atlantic", "serve"]
 
 
+@pytest.mark.fast
 def test_dockerignore_lets_in_every_package_and_nothing_secret():
     patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
@@ -192,6 +199,7 @@ def test_nats_config_refuses_to_start_without_a_password():
     assert "NATS_ORDERS_PASSWORD" in result.stdout + result.stderr
 
 
+@pytest.mark.fast
 def test_nats_config_has_no_literal_password():
     passwords = re.findall(r"^\s*password\s*:\s*(\S+)", NATS_CONF.read_text(), re.MULTILINE)
 

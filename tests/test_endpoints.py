@@ -13,6 +13,8 @@ from contracts.base import Request, Wire
 from handlers.deps import Context
 from handlers.endpoints import StoredReply, bind
 
+pytestmark = pytest.mark.fast
+
 
 class Ask(Request):
     name: str

@@ -7,6 +7,8 @@ import pytest
 
 from runtime.nats_headers import parse_headers
 
+pytestmark = pytest.mark.fast
+
 BLOCKS = [
     b"Authorization: Bearer abc.def\r\nIdempotency-Key: 0f3c\r\n\r\n",
     b"content-type: application/json\r\ncorrelation_id: 6f1c2a8e-1f2b-4c3d-9e8f-0a1b2c3d4e5f\r\n"

@@ -240,6 +240,7 @@ async def test_up_starts_nats_and_serves_register_login_and_me(settings, tmp_pat
     assert code == 3, err  # the NATS server up started is gone with it
 
 
+@pytest.mark.fast
 def test_the_readme_lists_every_setting():
     from runtime.settings import Settings
 
