@@ -8,7 +8,6 @@ The table's CHECK constraints are the last line: no figure can go below zero wha
 import base64
 import binascii
 import json
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -56,31 +55,6 @@ class StockChange:
     @property
     def product_ids(self) -> list[str]:
         return [product_id for product_id, _ in self.lines]
-
-
-@dataclass(frozen=True, slots=True)
-class HoldVerdict:
-    """The outcome of checking an order: a hold placed, or the reasons it could not be."""
-
-    errors: list[str]
-    change: StockChange = field(default_factory=StockChange)
-
-    @property
-    def placed(self) -> bool:
-        return not self.errors
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A hold moved from `before` to `after` (equal when the event did not apply)."""
-
-    before: HoldState | None
-    after: HoldState | None
-    change: StockChange = field(default_factory=StockChange)
-
-    @property
-    def applied(self) -> bool:
-        return self.before != self.after
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,11 +193,11 @@ async def adjust_stock(
         "INSERT INTO catalog.adjustments (product_id, delta, reason, adjusted_by)"
         " VALUES ($1, $2, $3, $4)", product_id, delta, reason, adjusted_by)
     stock = Inventory.model_validate(dict(row))
-    low = _fell_below(product_id, stock.available, -delta, stock.low_stock_threshold)
+    low = fell_below(product_id, stock.available, -delta, stock.low_stock_threshold)
     return stock, StockChange([(product_id, abs(delta))], low)
 
 
-def _fell_below(product_id: str, available: int, taken: int, threshold: int) -> list[LowStock]:
+def fell_below(product_id: str, available: int, taken: int, threshold: int) -> list[LowStock]:
     if taken > 0 and available < threshold <= available + taken:
         return [LowStock(product_id, available, threshold)]
     return []
@@ -280,7 +254,7 @@ async def _shift(db: asyncpg.Connection, order_id: str, *, on_hand: int = 0, hel
     )
     taken = -(on_hand - held - reserved)  # how much available stock each unit of a line took
     low = [x for r in rows
-           for x in _fell_below(r["id"], r["available"], taken * r["quantity"],
+           for x in fell_below(r["id"], r["available"], taken * r["quantity"],
                                 r["low_stock_threshold"])]
     return StockChange(sorted((r["id"], r["quantity"]) for r in rows), low)
 
@@ -292,8 +266,8 @@ async def _lines(db: asyncpg.Connection, order_id: str) -> dict[str, int]:
 
 
 @dataclass(slots=True)
-class _Stock:
-    """A locked product row's figures, as the batch leaves them."""
+class StockRow:
+    """A locked product row's figures (the hold moves change them in memory)."""
 
     active: bool
     on_hand: int
@@ -307,216 +281,65 @@ class _Stock:
 
 
 @dataclass(slots=True)
-class _Hold:
+class HoldRow:
     state: HoldState
     expired: bool
     lines: dict[str, int]
-    expires_in: float = 0.0  # for a hold this batch creates: seconds from now
+    expires_in: float = 0.0  # for a hold not yet stored: seconds from now
 
 
-def _shortfalls(wanted: dict[str, int], stock: dict[str, _Stock], *, for_sale: bool = True
-                ) -> list[str]:
-    errors = []
-    for product_id, quantity in wanted.items():
-        row = stock.get(product_id)
-        if row is None:
-            errors.append(f"product {product_id} does not exist")
-        elif for_sale and not row.active:
-            errors.append(f"product {product_id} is not for sale")
-        elif row.available < quantity:
-            errors.append(f"product {product_id}: {quantity} requested,"
-                          f" {max(row.available, 0)} available")
-    return errors
+async def lock_holds(db: asyncpg.Connection, order_ids: Iterable[str],
+                     product_ids: Iterable[str] = ()
+                     ) -> tuple[dict[str, HoldRow], dict[str, StockRow]]:
+    """The orders' holds and every product they or `product_ids` name, locked for the
+    transaction: holds first, then products, each in id order, as the sweeper and stock
+    adjustments take them, so two transactions never wait on each other in a cycle."""
+    row = await db.fetchrow(
+        "WITH held AS (SELECT order_id, state, expires_at <= now() AS expired"
+        "  FROM catalog.holds WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE),"
+        " lines AS (SELECT order_id, product_id, quantity FROM catalog.hold_lines"
+        "  WHERE order_id IN (SELECT order_id FROM held)),"
+        " stock AS (SELECT id, active, on_hand, held, reserved, low_stock_threshold"
+        "  FROM catalog.products WHERE id IN (SELECT product_id FROM lines"
+        "   UNION SELECT unnest($2::text[])) ORDER BY id FOR UPDATE)"
+        # Evaluated left to right: the holds are locked before the products.
+        " SELECT (SELECT coalesce(array_agg(held), '{}') FROM held) AS holds,"
+        "  (SELECT coalesce(array_agg(lines), '{}') FROM lines) AS lines,"
+        "  (SELECT coalesce(array_agg(stock), '{}') FROM stock) AS stock",
+        sorted(set(order_ids)), sorted(set(product_ids)))
+    holds = {order_id: HoldRow(state, expired, {}) for order_id, state, expired in row["holds"]}
+    for order_id, product_id, quantity in row["lines"]:
+        holds[order_id].lines[product_id] = quantity
+    stock = {product_id: StockRow(*figures) for product_id, *figures in row["stock"]}
+    return holds, stock
 
 
-# What each release-like event does, by the hold's state: the columns to move and the new state.
-_MOVES: dict[str, dict[str, tuple[dict[str, int], HoldState]]] = {
-    "payment_failed": {"held": ({"held": -1}, "released")},
-    "cancel": {"held": ({"held": -1}, "released"), "reserved": ({"reserved": -1}, "released"),
-               "expired": ({}, "released"), "failed": ({}, "released")},
-    "ship": {"reserved": ({"reserved": -1, "on_hand": -1}, "shipped")},
-    "return": {"shipped": ({"on_hand": 1}, "returned")},
-}
-
-
-class StockBook:
-    """The holds of a batch's orders and the stock of their products, locked for one
-    transaction and changed in memory, event by event in order; `write` stores the outcome in
-    one statement. Locks are taken holds first, then products, each in id order, as the
-    sweeper and stock adjustments take them, so two transactions never wait on each other in a
-    cycle."""
-
-    def __init__(self, holds: dict[str, _Hold], stock: dict[str, _Stock]):
-        self.holds, self.stock = holds, stock
-        self._before = {h: hold.state for h, hold in holds.items()}
-        self._moved: dict[str, list[int]] = {}  # product -> [on_hand, held, reserved] deltas
-        self.touched: set[str] = set()
-
-    @classmethod
-    async def open(cls, db: asyncpg.Connection, order_ids: Iterable[str],
-                   product_ids: Iterable[str] = ()) -> "StockBook":
-        """Locks the orders' holds and every product they or `product_ids` name."""
-        row = await db.fetchrow(
-            "WITH held AS (SELECT order_id, state, expires_at <= now() AS expired"
-            "  FROM catalog.holds WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE),"
-            " lines AS (SELECT order_id, product_id, quantity FROM catalog.hold_lines"
-            "  WHERE order_id IN (SELECT order_id FROM held)),"
-            " stock AS (SELECT id, active, on_hand, held, reserved, low_stock_threshold"
-            "  FROM catalog.products WHERE id IN (SELECT product_id FROM lines"
-            "   UNION SELECT unnest($2::text[])) ORDER BY id FOR UPDATE)"
-            # Evaluated left to right: the holds are locked before the products.
-            " SELECT (SELECT coalesce(array_agg(held), '{}') FROM held) AS holds,"
-            "  (SELECT coalesce(array_agg(lines), '{}') FROM lines) AS lines,"
-            "  (SELECT coalesce(array_agg(stock), '{}') FROM stock) AS stock",
-            sorted(set(order_ids)), sorted(set(product_ids)))
-        holds = {order_id: _Hold(state, expired, {}) for order_id, state, expired in row["holds"]}
-        for order_id, product_id, quantity in row["lines"]:
-            holds[order_id].lines[product_id] = quantity
-        stock = {product_id: _Stock(*figures) for product_id, *figures in row["stock"]}
-        return cls(holds, stock)
-
-    # -- the moves, in memory --------------------------------------------------------------------
-
-    def place_hold(self, order_id: str, items: Iterable[tuple[str, int]],
-                   hold_seconds: float) -> HoldVerdict | None:
-        """Checks an order's items and holds their stock until the expiry. None when this order
-        was already decided (a duplicate OrderCreated, or a cancel that arrived first)."""
-        if order_id in self.holds:
-            return None
-        wanted: Counter[str] = Counter()
-        for product_id, quantity in items:
-            wanted[product_id] += quantity
-        if errors := _shortfalls(dict(sorted(wanted.items())), self.stock):
-            self.holds[order_id] = _Hold("rejected", False, {}, hold_seconds)
-            return HoldVerdict(errors)
-        self.holds[order_id] = _Hold("held", False, dict(sorted(wanted.items())), hold_seconds)
-        return HoldVerdict([], self._shift(order_id, held=1))
-
-    def reserve(self, order_id: str) -> Transition:
-        """Payment succeeded: the hold becomes a reservation. A hold past its expiry has released
-        its stock (or is about to); the order gets it back if it is still available, else the
-        hold ends `failed`."""
-        hold = self.holds.get(order_id)
-        if hold is None:
-            return Transition(None, None)
-        state = hold.state
-        if state == "held" and not hold.expired:
-            return self._set(order_id, "reserved", self._shift(order_id, held=-1, reserved=1))
-        if state not in ("held", "expired"):
-            return Transition(state, state)
-        if state == "held":  # expired but not yet swept: give the stock back first
-            self._shift(order_id, held=-1)
-        # Paid for already: only the stock counts now, not whether the product is still listed.
-        if _shortfalls(hold.lines, self.stock, for_sale=False):
-            return self._set(order_id, "failed", StockChange(sorted(hold.lines.items())))
-        return self._set(order_id, "reserved", self._shift(order_id, reserved=1))
-
-    def move(self, order_id: str, event: str) -> Transition:
-        """A release-like event (see _MOVES); a cancel that overtakes its OrderCreated leaves a
-        `cancelled` mark, so the late OrderCreated holds nothing."""
-        hold = self.holds.get(order_id)
-        if hold is None:
-            if event != "cancel":
-                return Transition(None, None)
-            hold = self.holds[order_id] = _Hold("cancelled", True, {})
-        if hold.state not in _MOVES[event]:
-            return Transition(hold.state, hold.state)
-        columns, after = _MOVES[event][hold.state]
-        return self._set(order_id, after, self._shift(order_id, **columns) if columns
-                         else StockChange())
-
-    def _set(self, order_id: str, state: HoldState, change: StockChange) -> Transition:
-        hold = self.holds[order_id]
-        before, hold.state = hold.state, state
-        return Transition(before, state, change)
-
-    def _shift(self, order_id: str, *, on_hand: int = 0, held: int = 0,
-               reserved: int = 0) -> StockChange:
-        """Moves each of the order's line quantities between the stock columns."""
-        taken = -(on_hand - held - reserved)  # how much available stock each unit took
-        low: list[LowStock] = []
-        lines = sorted(self.holds[order_id].lines.items())
-        for product_id, quantity in lines:
-            row = self.stock[product_id]
-            row.on_hand += on_hand * quantity
-            row.held += held * quantity
-            row.reserved += reserved * quantity
-            moved = self._moved.setdefault(product_id, [0, 0, 0])
-            moved[0] += on_hand * quantity
-            moved[1] += held * quantity
-            moved[2] += reserved * quantity
-            low += _fell_below(product_id, row.available, taken * quantity, row.threshold)
-            self.touched.add(product_id)
-        return StockChange(lines, low)
-
-    # -- the outcome, stored ---------------------------------------------------------------------
-
-    async def write(self, db: asyncpg.Connection) -> None:
-        """New holds with their lines, the states that changed, and the stock moved."""
-        new = sorted(o for o in self.holds if o not in self._before)
-        changed = sorted(o for o, before in self._before.items()
-                         if self.holds[o].state != before)
-        lines = [(o, p, q) for o in new for p, q in self.holds[o].lines.items()]
-        moved = sorted((p, m) for p, m in self._moved.items() if any(m))
-        inserted = await db.fetchval(
-            "WITH added AS (INSERT INTO catalog.holds (order_id, state, expires_at)"
-            "  SELECT o, s, now() + make_interval(secs => e)"
-            "  FROM unnest($1::text[], $2::text[], $3::float8[]) AS n(o, s, e)"
-            "  ON CONFLICT DO NOTHING RETURNING 1),"
-            " lines AS (INSERT INTO catalog.hold_lines (order_id, product_id, quantity)"
-            "  SELECT * FROM unnest($4::text[], $5::text[], $6::int[])),"
-            " states AS (UPDATE catalog.holds h SET state = u.state, updated_at = now()"
-            "  FROM unnest($7::text[], $8::text[]) AS u(order_id, state)"
-            "  WHERE h.order_id = u.order_id),"
-            " stock AS (UPDATE catalog.products p SET on_hand = p.on_hand + m.on_hand,"
-            "  held = p.held + m.held, reserved = p.reserved + m.reserved"
-            "  FROM unnest($9::text[], $10::int[], $11::int[], $12::int[])"
-            "   AS m(id, on_hand, held, reserved) WHERE p.id = m.id)"
-            " SELECT count(*) FROM added",
-            new, [self.holds[o].state for o in new], [self.holds[o].expires_in for o in new],
-            [o for o, _, _ in lines], [p for _, p, _ in lines], [q for _, _, q in lines],
-            changed, [self.holds[o].state for o in changed],
-            [p for p, _ in moved], *([m[i] for _, m in moved] for i in range(3)))
-        if inserted != len(new):
-            raise ConcurrentChange(f"{len(new) - inserted} holds were created meanwhile")
-
-
-async def _one(db: asyncpg.Connection, order_id: str, move: Any,
-               product_ids: Iterable[str] = ()) -> Any:
-    """One event through a book of its own. Call inside a transaction."""
-    book = await StockBook.open(db, [order_id], product_ids)
-    outcome = move(book)
-    await book.write(db)
-    return outcome
-
-
-async def place_hold(db: asyncpg.Connection, order_id: str, items: Iterable[tuple[str, int]],
-                     hold_seconds: float) -> HoldVerdict | None:
-    items = list(items)
-    return await _one(db, order_id, lambda book: book.place_hold(order_id, items, hold_seconds),
-                      [p for p, _ in items])
-
-
-async def reserve(db: asyncpg.Connection, order_id: str) -> Transition:
-    return await _one(db, order_id, lambda book: book.reserve(order_id))
-
-
-async def release_after_failed_payment(db: asyncpg.Connection, order_id: str) -> Transition:
-    return await _one(db, order_id, lambda book: book.move(order_id, "payment_failed"))
-
-
-async def cancel(db: asyncpg.Connection, order_id: str) -> Transition:
-    return await _one(db, order_id, lambda book: book.move(order_id, "cancel"))
-
-
-async def ship(db: asyncpg.Connection, order_id: str) -> Transition:
-    """The reserved stock leaves the warehouse: it leaves on-hand stock too."""
-    return await _one(db, order_id, lambda book: book.move(order_id, "ship"))
-
-
-async def restock(db: asyncpg.Connection, order_id: str) -> Transition:
-    """Returned items go back on the shelf."""
-    return await _one(db, order_id, lambda book: book.move(order_id, "return"))
+async def write_holds(db: asyncpg.Connection, new: dict[str, HoldRow],
+                      changed: dict[str, HoldState], moved: dict[str, list[int]]) -> None:
+    """New holds with their lines, the states that changed, and the stock moved (per product:
+    on_hand, held and reserved deltas), in one statement."""
+    lines = [(o, p, q) for o, hold in new.items() for p, q in hold.lines.items()]
+    inserted = await db.fetchval(
+        "WITH added AS (INSERT INTO catalog.holds (order_id, state, expires_at)"
+        "  SELECT o, s, now() + make_interval(secs => e)"
+        "  FROM unnest($1::text[], $2::text[], $3::float8[]) AS n(o, s, e)"
+        "  ON CONFLICT DO NOTHING RETURNING 1),"
+        " lines AS (INSERT INTO catalog.hold_lines (order_id, product_id, quantity)"
+        "  SELECT * FROM unnest($4::text[], $5::text[], $6::int[])),"
+        " states AS (UPDATE catalog.holds h SET state = u.state, updated_at = now()"
+        "  FROM unnest($7::text[], $8::text[]) AS u(order_id, state)"
+        "  WHERE h.order_id = u.order_id),"
+        " stock AS (UPDATE catalog.products p SET on_hand = p.on_hand + m.on_hand,"
+        "  held = p.held + m.held, reserved = p.reserved + m.reserved"
+        "  FROM unnest($9::text[], $10::int[], $11::int[], $12::int[])"
+        "   AS m(id, on_hand, held, reserved) WHERE p.id = m.id)"
+        " SELECT count(*) FROM added",
+        list(new), [h.state for h in new.values()], [h.expires_in for h in new.values()],
+        [o for o, _, _ in lines], [p for _, p, _ in lines], [q for _, _, q in lines],
+        list(changed), list(changed.values()),
+        list(moved), *([m[i] for m in moved.values()] for i in range(3)))
+    if inserted != len(new):
+        raise ConcurrentChange(f"{len(new) - inserted} holds were created meanwhile")
 
 
 async def release_expired(db: asyncpg.Connection, *, limit: int) -> list[str]:

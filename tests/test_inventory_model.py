@@ -21,6 +21,7 @@ from hypothesis.stateful import (
 from contracts.base import new_id
 from contracts.catalog import CreateProduct
 from contracts.errors import Conflict
+from handlers.catalog import holds
 from storage import catalog as catalog_db
 from storage.migrations import apply_migrations
 
@@ -121,33 +122,33 @@ class InventoryMachine(RuleBasedStateMachine):
     def place_hold(self, lines):
         order_id = new_id()
         items = [(self.ids[p], q) for p, q in lines.items()]
-        verdict = self.run(catalog_db.place_hold, order_id, items, 3600)
+        verdict = self.run(holds.place_hold, order_id, items, 3600)
         assert verdict.placed == self.model.place(order_id, lines)
         return order_id
 
     @rule(order_id=orders)
     def payment_succeeds(self, order_id):
-        self.run(catalog_db.reserve, order_id)
+        self.run(holds.reserve, order_id)
         self.model.pay(order_id)
 
     @rule(order_id=orders)
     def payment_fails(self, order_id):
-        self.run(catalog_db.release_after_failed_payment, order_id)
+        self.run(holds.release_after_failed_payment, order_id)
         self.model.transition(order_id, "payment_failed")
 
     @rule(order_id=orders)
     def cancel(self, order_id):
-        self.run(catalog_db.cancel, order_id)
+        self.run(holds.cancel, order_id)
         self.model.transition(order_id, "cancel")
 
     @rule(order_id=orders)
     def ship(self, order_id):
-        self.run(catalog_db.ship, order_id)
+        self.run(holds.ship, order_id)
         self.model.transition(order_id, "ship")
 
     @rule(order_id=orders)
     def give_back(self, order_id):
-        self.run(catalog_db.restock, order_id)
+        self.run(holds.restock, order_id)
         self.model.transition(order_id, "return")
 
     @rule(order_id=orders)
@@ -159,7 +160,7 @@ class InventoryMachine(RuleBasedStateMachine):
     @rule(order_id=orders)
     def payment_arrives_after_expiry_before_the_sweep(self, order_id):
         self.run(_expire, order_id)
-        self.run(catalog_db.reserve, order_id)
+        self.run(holds.reserve, order_id)
         self.model.expire(order_id)
         self.model.pay(order_id)
 
@@ -237,7 +238,7 @@ async def test_concurrent_holds_on_many_connections_never_oversell(database):
 
         async def one_order():
             async with pool.acquire() as db, db.transaction():
-                verdict = await catalog_db.place_hold(db, new_id(), [(product.product_id, 1)],
+                verdict = await holds.place_hold(db, new_id(), [(product.product_id, 1)],
                                                       3600)
                 return verdict.placed
 

@@ -7,7 +7,8 @@ from contracts.events import (
     InventoryReserved,
     StockItem,
 )
-from storage.catalog import StockChange, Transition
+from handlers.catalog.holds import Transition
+from storage.catalog import StockChange
 
 
 def low_stock_events(change: StockChange) -> list[Event]:

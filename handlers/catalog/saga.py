@@ -27,9 +27,9 @@ from contracts.events import (
 )
 from handlers.batches import EventBatch
 from handlers.catalog.events import low_stock_events, reservation_events
+from handlers.catalog.holds import StockBook, Transition
 from handlers.catalog.service import catalog
 from storage.cache import ProductCache
-from storage.catalog import StockBook, Transition
 
 log = logging.getLogger("atlantic.catalog")
 
@@ -42,7 +42,7 @@ StockEvent = Annotated[
     OrderCreated | PaymentProcessed | OrderCancelled | OrderShipped | OrderReturned,
     Field(discriminator="event")]
 
-# What each event that releases or moves a hold's stock does to it (storage.catalog._MOVES).
+# What each event that releases or moves a hold's stock does to it (holds.MOVES).
 _MOVES = {OrderCancelled: "cancel", OrderShipped: "ship", OrderReturned: "return"}
 
 
