@@ -22,6 +22,7 @@ from runtime.app import build_app
 from runtime.settings import Settings
 from runtime.tools.bootstrap import ensure_admin
 from runtime.tools.client import AtlanticClient
+from runtime.tools.readiness import wait_until_answering
 from runtime.tools.services import NatsServer, free_port
 from storage.postgres import create_database, drop_database
 
@@ -89,18 +90,10 @@ _numbers = iter(range(10**9))
 
 async def start_set(world: World, name: str) -> None:
     """Starts `atlantic serve --handlers name` and waits until it answers $SRV.PING."""
-    world.processes[name] = await asyncio.create_subprocess_exec(
+    process = world.processes[name] = await asyncio.create_subprocess_exec(
         ATLANTIC, "serve", "--handlers", name, env=cli_env(world.settings))
-    nc = world.client.nc
-
-    async def answers():
-        try:
-            await nc.request(f"$SRV.PING.atlantic-{name}", b"", timeout=0.2)
-            return True
-        except Exception:
-            return False
-
-    await eventually(answers, seconds=30)
+    await wait_until_answering(world.client.nc, name, seconds=30,
+                               exited=lambda: process.returncode is not None)
 
 
 async def stop_set(world: World, name: str, sig: int = signal.SIGTERM) -> None:

@@ -17,6 +17,7 @@ from contracts.base import new_id
 from contracts.events import InventoryAdjusted, OrderCreated, OrderItem
 from handlers.analytics.ingest import REPAIR_WINDOW_SECONDS
 from runtime.tools.client import AtlanticClient
+from runtime.tools.readiness import wait_until_answering
 from runtime.tools.services import NatsServer, free_port
 from storage import deadletters
 from storage.analytics.rows import row
@@ -213,14 +214,7 @@ async def test_ingest_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
 async def start_analytics(env: dict, client: AtlanticClient) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(ATLANTIC, "serve", "--handlers", "analytics",
                                                    env=env)
-
-    async def answers():
-        try:
-            reply = await client.call(contract.SUMMARY, {}, timeout=0.5)
-        except Exception:
-            return False
-        return reply.status in (200, 401)
-
-    await eventually(answers, seconds=30, interval=0.1)
+    await wait_until_answering(client.nc, "analytics", seconds=30,
+                               exited=lambda: process.returncode is not None)
     return process
 

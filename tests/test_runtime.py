@@ -16,6 +16,7 @@ from nats.micro.service import ServiceInfo, ServiceStats
 
 from handlers import HANDLER_SETS
 from runtime.tools.client import AtlanticClient
+from runtime.tools.readiness import wait_until_answering
 from runtime.tools.services import NatsServer, free_port
 from storage.migrations import apply_migrations
 from storage.postgres import create_database, drop_database
@@ -182,9 +183,8 @@ async def test_sigterm_drains_in_flight_requests_and_exits_zero(settings, databa
         env=cli_env(settings, ATLANTIC_NATS_URL=own_nats.url))
     client = await AtlanticClient.connect(own_nats.url)
     try:
-        for _ in range(200):
-            if await collect_replies(client.nc, "$SRV.PING.atlantic-users", 0.05):
-                break
+        await wait_until_answering(client.nc, "users", seconds=30,
+                                   exited=lambda: serving.returncode is not None)
         requests = [
             asyncio.create_task(client.call("atlantic.users.register", {
                 "email": unique_email("drain"), "password": TEST_PASSWORD, "name": "D"},

@@ -3,7 +3,6 @@ database, Redis key prefix and chDB directory, and handler sets in `atlantic ser
 laid out as asked. Used by `atlantic bench` and by the loadgen's test."""
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -14,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
-import nats.errors
 
 from runtime.settings import Settings
 from runtime.tools.bootstrap import ensure_admin, ensure_demo_catalog
+from runtime.tools.readiness import wait_until_answering
 from runtime.tools.services import NatsServer, free_port
 from storage.postgres import create_database, drop_database
 
@@ -50,13 +49,8 @@ class World:
             for handler_set in sets:
                 instances = sum(handler_set in p.args[-1].split(",")
                                 for p in self.processes.values())
-                for _ in range(300):
-                    if process.poll() is not None:
-                        raise RuntimeError(f"atlantic serve --handlers {name} exited")
-                    if await _answering(nc, handler_set, instances) >= instances:
-                        break
-                else:
-                    raise RuntimeError(f"{handler_set} did not answer within a minute")
+                await wait_until_answering(nc, handler_set, instances=instances,
+                                           exited=lambda: process.poll() is not None)
         finally:
             await nc.close()
         return process
@@ -70,21 +64,6 @@ class World:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-async def _answering(nc: nats.NATS, handler_set: str, wanted: int) -> int:
-    """How many instances of a set answer one $SRV.PING within 0.2 s (up to `wanted`)."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.publish(f"$SRV.PING.atlantic-{handler_set}", b"", reply=inbox)
-    ids: set[str] = set()
-    with contextlib.suppress(nats.errors.TimeoutError):
-        while len(ids) < wanted:
-            msg = await sub.next_msg(timeout=0.2)
-            if msg.data:  # not the server's empty "no responders" status
-                ids.add(json.loads(msg.data)["id"])
-    await sub.unsubscribe()
-    return len(ids)
 
 
 @contextlib.asynccontextmanager
