@@ -5,9 +5,6 @@ Everything is session-scoped on one event loop, so the system starts once; tests
 themselves by using fresh emails, products and orders.
 """
 
-import asyncio
-import itertools
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -15,21 +12,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from faststream import FastStream
+from support import RUN_ID, SHARED_SETS, TEST_PASSWORD, sign_up, unique_email
 
-from handlers import HANDLER_SETS
 from runtime.app import build_app
 from runtime.settings import Settings
 from runtime.tools.client import AtlanticClient
 from runtime.tools.services import NatsServer, ensure_postgres, ensure_redis, free_port
 from storage.postgres import create_database, drop_database
-
-RUN_ID = uuid.uuid4().hex[:10]
-TEST_PASSWORD = "correct-horse-battery"
-_counter = itertools.count()
-
-
-def unique_email(tag: str = "user") -> str:
-    return f"{tag}-{RUN_ID}-{next(_counter)}@example.com"
 
 
 def _test_dsn(base_dsn: str) -> str:
@@ -82,11 +71,6 @@ async def database(settings: Settings) -> AsyncIterator[str]:
     await drop_database(settings.postgres_dsn)
 
 
-# orders and payments act on every OrderCreated, and the catalog's tests drive the saga by hand,
-# so the shared system runs without them; the saga's tests start a world of their own (saga.py).
-SHARED_SETS = [name for name in HANDLER_SETS if name not in ("orders", "payments")]
-
-
 @pytest.fixture(scope="session")
 async def system(settings: Settings, database: str) -> AsyncIterator[FastStream]:
     """The shared handler sets running in this process against the test servers."""
@@ -101,16 +85,6 @@ async def client(system: FastStream, settings: Settings) -> AsyncIterator[Atlant
     client = await AtlanticClient.connect(settings.nats_url)
     yield client
     await client.close()
-
-
-async def sign_up(client: AtlanticClient, tag: str = "customer") -> tuple[AtlanticClient, dict]:
-    email = unique_email(tag)
-    reply = await client.call("atlantic.users.register",
-                              {"email": email, "password": TEST_PASSWORD, "name": tag})
-    assert reply.ok, reply.body
-    login = await client.call("atlantic.users.login", {"email": email, "password": TEST_PASSWORD})
-    assert login.ok, login.body
-    return client.signed_in(login.body["token"]), reply.body
 
 
 @pytest.fixture
@@ -128,37 +102,3 @@ async def admin(client: AtlanticClient, settings: Settings) -> AtlanticClient:
     login = await client.call("atlantic.users.login", {"email": email, "password": TEST_PASSWORD})
     assert login.ok, login.body
     return client.signed_in(login.body["token"])
-
-
-async def eventually(check, *, seconds: float = 10.0, interval: float = 0.05):
-    """Polls an async check until it returns something truthy; fails with its last value."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while True:
-        result = await check()
-        if result or asyncio.get_running_loop().time() > deadline:
-            assert result, f"condition not met within {seconds} s: {result!r}"
-            return result
-        await asyncio.sleep(interval)
-
-
-async def read_events(client: AtlanticClient, subject: str) -> list[tuple[dict, dict]]:
-    """Every message on the ATLANTIC stream under `subject`, as (headers, body), oldest first."""
-    import json
-
-    from nats.errors import TimeoutError as NatsTimeout
-
-    js = client.nc.jetstream()
-    subscription = await js.pull_subscribe(subject, stream="ATLANTIC")
-    events: list[tuple[dict, dict]] = []
-    try:
-        while True:
-            try:
-                batch = await subscription.fetch(256, timeout=0.5)
-            # nats-py sometimes raises a plain asyncio TimeoutError here, not its own subclass.
-            except (NatsTimeout, TimeoutError):
-                return events
-            for msg in batch:
-                events.append((dict(msg.headers or {}), json.loads(msg.data)))
-                await msg.ack()
-    finally:
-        await subscription.unsubscribe()

@@ -8,15 +8,13 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
-from conftest import RUN_ID, TEST_PASSWORD, eventually, sign_up, unique_email
-from test_runtime import cli_env
+from support import ATLANTIC, RUN_ID, TEST_PASSWORD, cli_env, eventually, sign_up, unique_email
 
 from runtime.app import build_app
 from runtime.settings import Settings
@@ -26,7 +24,6 @@ from runtime.tools.readiness import wait_until_answering
 from runtime.tools.services import NatsServer, free_port
 from storage.postgres import create_database, drop_database
 
-ATLANTIC = str(Path(sys.executable).parent / "atlantic")
 SAGA_SETS = ("users", "catalog", "orders", "payments")
 
 

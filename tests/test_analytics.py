@@ -11,29 +11,13 @@ from decimal import Decimal
 
 import analytics_data as ref
 import pytest
-from conftest import RUN_ID, eventually
+from support import RUN_ID, drained, eventually, publish_all
 
 from contracts import analytics as contract
 from runtime.tools.client import Reply
 from storage.analytics import schema
 
 ORDERS = 2_500
-
-
-async def publish_all(client, messages) -> None:
-    js = client.nc.jetstream()
-    for subject, body, msg_id in messages:
-        await js.publish_async(subject, body, headers={"Nats-Msg-Id": msg_id})
-    await js.publish_async_completed()
-
-
-async def drained(system) -> None:
-    ingest = system.context.get("analytics_ingest")
-
-    async def nothing_pending():
-        return await ingest.pending() == 0
-
-    await eventually(nothing_pending, seconds=60, interval=0.1)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ from decimal import Decimal
 
 import nats
 import pytest
-from conftest import RUN_ID, eventually
-from test_analytics_faults import as_messages, orders_in, past_day, summary
+from support import RUN_ID, as_messages, eventually, orders_in, past_day, summary
 
 from contracts.events import STREAM
 from handlers.analytics.ingest import Batch, Ingest

@@ -8,9 +8,19 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from conftest import RUN_ID, eventually
-from test_analytics import drained, publish_all
-from test_runtime import ATLANTIC, cli_env
+from support import (
+    ATLANTIC,
+    RUN_ID,
+    as_messages,
+    cli_env,
+    drained,
+    eventually,
+    orders_in,
+    past_day,
+    publish_all,
+    summary,
+    window,
+)
 
 from contracts import analytics as contract
 from contracts.base import new_id
@@ -21,33 +31,6 @@ from runtime.tools.readiness import wait_until_answering
 from runtime.tools.services import NatsServer, free_port
 from storage import deadletters
 from storage.analytics.rows import row
-
-
-def orders_in(start: datetime, n: int, tag: str) -> list[OrderCreated]:
-    return [OrderCreated(order_id=f"{tag}-{i}", customer_id=f"c-{tag}", total_price=price,
-                         items=[OrderItem(product_id="p-1", quantity=1, price=price)],
-                         timestamp=start + timedelta(seconds=i))
-            for i in range(n) for price in [Decimal(i % 997 + 1) / 100]]
-
-
-def window(start: datetime) -> dict:
-    return {"from": start.isoformat(), "to": (start + timedelta(days=1)).isoformat()}
-
-
-def as_messages(events, again: int = 0) -> list[tuple[str, bytes, str]]:
-    messages = [(e.subject, e.model_dump_json().encode(), e.event_id) for e in events]
-    return messages + [(s, b, f"again-{m}") for s, b, m in messages[:again]]
-
-
-async def summary(admin, start: datetime) -> dict:
-    reply = await admin.call(contract.SUMMARY, window(start))
-    assert reply.ok, reply.body
-    return reply.body
-
-
-def past_day(days_ago: int) -> datetime:
-    return (datetime.now(UTC) - timedelta(days=days_ago)).replace(hour=0, minute=0, second=0,
-                                                                   microsecond=0)
 
 
 async def test_a_malformed_event_is_dead_lettered_and_the_rest_flow(system, client, admin):

@@ -16,10 +16,9 @@ import asyncpg
 import nats
 import pytest
 from batch_probe import DURABLE, SCHEMA, SUBJECT, TABLES, Ping, batches, probe
-from conftest import RUN_ID, eventually
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from test_runtime import cli_env
+from support import RUN_ID, cli_env, eventually
 
 from contracts.base import new_id
 from contracts.events import (

@@ -8,10 +8,10 @@ from decimal import Decimal
 
 import asyncpg
 import pytest
-from conftest import RUN_ID, eventually, read_events
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from support import RUN_ID, eventually, read_events
 
 from contracts.base import new_id
 from contracts.catalog import (

@@ -2,68 +2,16 @@
 and (in test_saga.py) every event the running sets really emit."""
 
 import json
-from datetime import datetime
 from pathlib import Path
 
 import pytest
+from support import ENVELOPE, LIFECYCLE, check_event
 
 from contracts import events
 
 pytestmark = pytest.mark.fast
 
-# DESIGN "Events", transcribed: subject -> (event name, {field: JSON type}).
-ENVELOPE = {"event": "string", "timestamp": "string", "eventId": "string"}
-ITEM_WITH_PRICE = {"productId": "string", "quantity": "integer", "price": "number"}
-ITEM = {"productId": "string", "quantity": "integer"}
-LIFECYCLE = {
-    "atlantic.events.order.created": ("OrderCreated", {
-        "orderId": "string", "customerId": "string", "items": [ITEM_WITH_PRICE],
-        "totalPrice": "number"}),
-    "atlantic.events.order.validated": ("OrderValidated", {
-        "orderId": "string", "isValid": "boolean", "validationErrors": ["string"]}),
-    "atlantic.events.order.payment_processed": ("PaymentProcessed", {
-        "orderId": "string", "paymentId": "string", "paymentStatus": "string",
-        "amount": "number"}),
-    "atlantic.events.order.inventory_reserved": ("InventoryReserved", {
-        "orderId": "string", "items": [ITEM]}),
-    "atlantic.events.order.shipped": ("OrderShipped", {
-        "orderId": "string", "shipmentId": "string", "carrier": "string",
-        "trackingNumber": "string"}),
-    "atlantic.events.order.delivered": ("OrderDelivered", {
-        "orderId": "string", "deliveryStatus": "string"}),
-    "atlantic.events.order.cancelled": ("OrderCancelled", {
-        "orderId": "string", "cancellationReason": "string"}),
-    "atlantic.events.order.returned": ("OrderReturned", {
-        "orderId": "string", "returnReason": "string", "refundAmount": "number"}),
-}
 DOCS = Path(__file__).parent.parent / "docs" / "asyncapi.json"
-
-
-def _matches(value: object, expected: object) -> bool:
-    """Does a decoded JSON value have the shape DESIGN gives (types, nested lists, objects)?"""
-    if isinstance(expected, list):
-        return isinstance(value, list) and all(_matches(v, expected[0]) for v in value)
-    if isinstance(expected, dict):
-        return isinstance(value, dict) and value.keys() == expected.keys() and all(
-            _matches(value[k], t) for k, t in expected.items())
-    return {
-        "string": lambda v: isinstance(v, str),
-        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-        "boolean": lambda v: isinstance(v, bool),
-    }[expected](value)
-
-
-def check_event(subject: str, headers: dict[str, str], body: dict) -> None:
-    """Fails unless an emitted event is exactly what DESIGN's table says it is."""
-    name, fields = LIFECYCLE[subject]
-    assert body["event"] == name
-    assert _matches(body, ENVELOPE | fields), (subject, body)
-    assert body["timestamp"].endswith("Z"), body["timestamp"]
-    datetime.fromisoformat(body["timestamp"])
-    assert headers["Nats-Msg-Id"] == body["eventId"]
-    if name == "PaymentProcessed":
-        assert body["paymentStatus"] in ("SUCCESS", "FAILED", "REFUNDED")
 
 
 def _event_classes() -> dict[str, type[events.Event]]:

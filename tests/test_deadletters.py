@@ -4,8 +4,8 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from conftest import RUN_ID, eventually
 from pydantic import BaseModel
+from support import RUN_ID, eventually
 
 from contracts.base import new_id
 from handlers import HANDLER_SETS
@@ -109,7 +109,7 @@ async def _async(value):
 
 
 async def test_operators_see_dead_letters_from_the_shell(probe_app, system, client, settings):
-    from test_runtime import cli_env, run_cli
+    from support import cli_env, run_cli
 
     event_id = await publish(client, b"[1, 2")
     await eventually(lambda: dead_letter(system, event_id))

@@ -2,7 +2,7 @@
 chDB in a directory of its own): its audit passes, so every order it placed ended where its plan
 said and analytics agrees with PostgreSQL."""
 
-from conftest import RUN_ID, TEST_PASSWORD, unique_email
+from support import RUN_ID, TEST_PASSWORD, unique_email
 
 from runtime.tools.bench.world import open_world
 from runtime.tools.loadgen import LoadConfig, run_loadgen

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
-from conftest import eventually
 from nats.js.api import PubAck
 from saga_world import World, open_world
+from support import eventually
 
 from contracts.base import new_id
 from contracts.events import STREAM, Event, InventoryReserved, PaymentProcessed, StockItem

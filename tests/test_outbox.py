@@ -2,7 +2,7 @@
 
 import asyncpg
 import pytest
-from conftest import read_events
+from support import read_events
 
 import runtime.relay
 from contracts.base import new_id
@@ -101,7 +101,7 @@ async def test_an_inbox_mark_is_undone_with_its_transaction(system):
 async def test_rows_committed_and_never_sent_are_published_by_the_sweep(relay, system, client):
     """A consumer that died between its commit and its `send`: no NOTIFY was sent for those
     rows (the committer meant to publish them itself), so only the sweep finds them."""
-    from conftest import eventually
+    from support import eventually
 
     pool = system.context.get("resources").pool
     event = UserLoggedIn(user_id=new_id())
@@ -124,7 +124,7 @@ async def test_rows_committed_and_never_sent_are_published_by_the_sweep(relay, s
 
 async def test_rows_handed_over_after_commit_are_published_and_marked(relay_schema, system,
                                                                       client, settings):
-    from conftest import eventually
+    from support import eventually
 
     pool = system.context.get("resources").pool
     # A sweep that would wait a minute: only `send` can publish the row within the test.

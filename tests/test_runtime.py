@@ -3,16 +3,14 @@
 import asyncio
 import json
 import logging
-import os
 import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
 import pytest
-from conftest import RUN_ID, SHARED_SETS, TEST_PASSWORD, unique_email
 from nats.micro.service import ServiceInfo, ServiceStats
+from support import ATLANTIC, RUN_ID, SHARED_SETS, TEST_PASSWORD, cli_env, run_cli, unique_email
 
 from handlers import HANDLER_SETS
 from runtime.tools.client import AtlanticClient
@@ -20,20 +18,6 @@ from runtime.tools.readiness import wait_until_answering
 from runtime.tools.services import NatsServer, free_port
 from storage.migrations import apply_migrations
 from storage.postgres import create_database, drop_database
-
-ATLANTIC = str(Path(sys.executable).parent / "atlantic")
-
-
-def cli_env(settings, **overrides) -> dict[str, str]:
-    return os.environ | settings.environment() | {"ATLANTIC_LOG_LEVEL": "WARNING"} | overrides
-
-
-async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    """Runs the atlantic command without blocking the loop the in-process system serves on."""
-    process = await asyncio.create_subprocess_exec(
-        ATLANTIC, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    return process.returncode, stdout.decode(), stderr.decode()
 
 
 async def collect_replies(nc, subject: str, seconds: float = 0.5) -> list[dict]:

@@ -5,9 +5,8 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
-from conftest import eventually, read_events
 from saga_world import World, open_world
-from test_contracts import LIFECYCLE, check_event
+from support import LIFECYCLE, check_event, eventually, read_events
 
 from handlers.orders.deadlines import DEADLINE_REASON
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import nats
 import pytest
-from conftest import eventually
 from saga_world import World, open_world, start_set, stop_set
+from support import eventually
 
 from contracts.base import new_id
 from contracts.events import STREAM

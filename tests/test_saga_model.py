@@ -12,7 +12,6 @@ from decimal import Decimal
 
 import asyncpg
 import pytest
-from conftest import RUN_ID
 from faststream.context import ContextRepo
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -24,6 +23,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from redis.asyncio import Redis
+from support import RUN_ID
 
 from contracts import events
 from contracts.base import new_id

@@ -2,7 +2,7 @@
 
 import time
 
-from conftest import TEST_PASSWORD, eventually, read_events, sign_up, unique_email
+from support import TEST_PASSWORD, eventually, read_events, sign_up, unique_email
 
 from contracts.base import MAX_REQUEST_BYTES
 from storage.sessions import Sessions, _hash
