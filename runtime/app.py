@@ -3,7 +3,8 @@
 Start-up order: connect, migrate, declare the stream, open the pools, enter each set's lifespans,
 start the outbox relays (on_startup); then the request subscriptions (runtime.requests), the event
 consumers (runtime.consumers) and $SRV responders (after_startup). Shutdown runs it backwards:
-the batch each consumer holds is finished, requests in hand are answered, then FastStream stops.
+the batch each consumer holds is finished and the requests in hand answered, then FastStream
+stops.
 """
 
 import asyncio
@@ -117,10 +118,11 @@ class AppResources:
         log.info("atlantic running: %s", ", ".join(hs.name for hs in self.sets))
 
     async def stop_background(self) -> None:
-        await asyncio.gather(*(c.stop(self.settings.graceful_timeout_seconds)
-                               for c in self.consumers))
-        if self.requests is not None:
-            await self.requests.stop(self.settings.graceful_timeout_seconds)
+        # Both at once, each within the grace period: the batches in hand are finished and
+        # acked, the requests in hand answered.
+        grace = self.settings.graceful_timeout_seconds
+        await asyncio.gather(*(c.stop(grace) for c in self.consumers),
+                             *([self.requests.stop(grace)] if self.requests else []))
         for service in self.services:
             await service.stop()
         for relay in self.relays.values():
