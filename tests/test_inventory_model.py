@@ -238,8 +238,7 @@ async def test_concurrent_holds_on_many_connections_never_oversell(database):
 
         async def one_order():
             async with pool.acquire() as db, db.transaction():
-                verdict = await holds.place_hold(db, new_id(), [(product.product_id, 1)],
-                                                      3600)
+                verdict = await holds.place_hold(db, new_id(), [(product.product_id, 1)], 3600)
                 return verdict.placed
 
         placed = await asyncio.gather(*(one_order() for _ in range(200)))
