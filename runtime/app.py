@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from handlers import HANDLER_SETS
 from handlers.handler_set import HandlerSet
+from runtime.accounts import Passwords, url_user
 from runtime.consumers import BatchConsumer
 from runtime.micro import MicroService, StatsBook
 from runtime.nats_headers import install as install_header_parser
@@ -144,6 +145,7 @@ def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> Fas
     # (runtime.requests, runtime.consumers), so it has no subscribers of its own.
     broker = NatsBroker(
         settings.nats_url,
+        inbox_prefix=settings.nats_inbox_prefix,
         name=f"atlantic[{','.join(hs.name for hs in sets)}]",
         apply_types=False,
         graceful_timeout=settings.graceful_timeout_seconds,
@@ -164,3 +166,16 @@ def document_broker(sets: Iterable[HandlerSet]) -> NatsBroker:
     for hs in sets:
         broker.include_router(hs.router())
     return broker
+
+
+def build_apps(settings: Settings, set_names: Iterable[str] | None = None) -> list[FastStream]:
+    """One app for the chosen sets; or, where `atlantic up` generated a NATS password for each
+    set and the URL names no user, one app per set, each connected as its own NATS user (one
+    connection cannot hold two users' permissions)."""
+    names = [hs.name for hs in select_sets(settings.handler_sets if set_names is None
+                                           else set_names)]
+    passwords = None if url_user(settings.nats_url) else Passwords.read(settings.data_dir)
+    if passwords is None:
+        return [build_app(settings, names)]
+    return [build_app(settings.model_copy(update={
+        "nats_url": passwords.url(settings.nats_url, name)}), [name]) for name in names]

@@ -6,6 +6,8 @@ from functools import cached_property
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.accounts import inbox_prefix
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ATLANTIC_", env_file=".env", extra="ignore")
@@ -85,6 +87,11 @@ class Settings(BaseSettings):
         """These settings as ATLANTIC_* variables, for a child process that must share them."""
         return {f"ATLANTIC_{name.upper()}": str(value)
                 for name, value in self.model_dump().items() if value is not None}
+
+    @property
+    def nats_inbox_prefix(self) -> str:
+        """Where this process's NATS replies come: the only inbox its NATS user may read."""
+        return inbox_prefix(self.nats_url)
 
     @cached_property
     def handler_sets(self) -> list[str]:

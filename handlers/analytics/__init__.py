@@ -83,7 +83,8 @@ async def storage_and_ingest(context: ContextRepo) -> AsyncIterator[None]:
                                         settings.analytics_retention_days)
     # A connection of its own: the broker drains its subscriptions on stop, and a pull
     # consumer waiting in fetch would hold that drain up.
-    nc = await nats.connect(settings.nats_url, name="atlantic[analytics-ingest]")
+    nc = await nats.connect(settings.nats_url, name="atlantic[analytics-ingest]",
+                            inbox_prefix=settings.nats_inbox_prefix)
     js = nc.jetstream()
     ingest = Ingest(nc, store, context.get("pool"), durable=settings.analytics_consumer,
                     batch_size=settings.analytics_batch_size,

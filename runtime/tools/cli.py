@@ -1,17 +1,24 @@
 """The `atlantic` command."""
 
 import asyncio
+import contextlib
 import json
 import logging
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import nats.errors
 import typer
 from pydantic import ValidationError
 
+from runtime.accounts import CLIENT_USER, url_for
 from runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from faststream import FastStream
 
 cli = typer.Typer(help="Atlantic: a real-time e-commerce backend with live analytics.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -31,10 +38,31 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-async def _serve(settings: Settings, names: list[str]) -> None:
-    from runtime.app import build_app
+async def _run_apps(apps: "list[FastStream]", on_started: Callable[[], None] | None = None
+                    ) -> None:
+    """Runs the apps until SIGTERM or Ctrl-C. One app: FastStream's own run. Several (a set per
+    NATS user): FastStream's run would take the signals for the last one only, so they are
+    started in turn here and stopped in reverse, each draining what it has in flight."""
+    if len(apps) == 1:
+        if on_started:
+            apps[0].after_startup(on_started)
+        await apps[0].run()
+        return
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as running:
+        for app in apps:
+            await running.enter_async_context(app)
+        if on_started:
+            on_started()
+        await stop.wait()
 
-    await build_app(settings, names).run()
+
+async def _serve(settings: Settings, names: list[str]) -> None:
+    from runtime.app import build_apps
+
+    await _run_apps(build_apps(settings, names))
 
 
 @cli.command()
@@ -72,7 +100,8 @@ async def _call(settings: Settings, subject: str, payload: object, token: str | 
                 timeout: float) -> int:
     from runtime.tools.client import AtlanticClient
 
-    client = await AtlanticClient.connect(settings.nats_url, token)
+    client = await AtlanticClient.connect(
+        url_for(settings.nats_url, settings.data_dir, CLIENT_USER), token)
     try:
         reply = await client.call(subject, payload, timeout=timeout)
     finally:
@@ -176,7 +205,8 @@ def loadgen(
 
     settings = Settings()
     config = LoadConfig(
-        nats_url=nats_url or settings.nats_url, admin_email=settings.admin_email,
+        nats_url=nats_url or url_for(settings.nats_url, settings.data_dir, CLIENT_USER),
+        admin_email=settings.admin_email,
         admin_password=settings.admin_password, rate=rate, concurrency=concurrency,
         duration=duration if duration or orders else 60.0, orders=orders, seed=seed,
         settle_seconds=settle)
@@ -271,29 +301,52 @@ Stop with Ctrl-C.
 """
 
 
+ANONYMOUS_MAY_PUBLISH = """\
+WARNING: the NATS server at {url} lets a client with no credentials publish to
+atlantic.events.>: anyone who reaches it can forge any set's events (refund an order that
+still ships, pay for a declined one) and read every request and reply, passwords and tokens
+included. Run deploy/nats.conf there (as compose.yaml does), or leave ATLANTIC_NATS_URL unset
+and stop that server, so `atlantic up` starts its own with a user per set.
+"""
+
+
+async def _start_nats(settings: Settings):
+    """Starts nats-server with the users of deploy/nats.conf when nothing answers at the URL
+    (returns it, to be stopped); else warns when the server there is open to anyone."""
+    from runtime.accounts import NATS_CONF, Passwords, anonymous_may_publish_events
+    from runtime.tools.services import NatsServer, answers, host_port
+
+    if answers(settings.nats_url, 4222):
+        if await anonymous_may_publish_events(settings.nats_url):
+            typer.secho(ANONYMOUS_MAY_PUBLISH.format(url=settings.nats_url), fg="yellow",
+                        err=True)
+        return None
+    host, port = host_port(settings.nats_url, 4222)
+    passwords = Passwords.ensure(settings.data_dir)
+    server = NatsServer(port, Path(settings.data_dir) / "nats", host, config=NATS_CONF,
+                        env=passwords.environment()).start()
+    typer.echo(f"started nats-server with JetStream and the users of deploy/nats.conf on "
+               f"{server.url} (passwords in {passwords.path})")
+    return server
+
+
 async def _up(settings: Settings) -> None:
-    from runtime.app import build_app, select_sets
+    from runtime.app import build_apps, select_sets
     from runtime.tools.bootstrap import ensure_admin, ensure_demo_catalog
-    from runtime.tools.services import NatsServer, answers, ensure_postgres, ensure_redis, host_port
+    from runtime.tools.services import ensure_postgres, ensure_redis
 
     problems = [p for p in (ensure_postgres(settings.postgres_dsn),
                             ensure_redis(settings.redis_url)) if p]
     if problems:
         raise _fail("\n".join(problems))
-    nats_server = None
-    if not answers(settings.nats_url, 4222):
-        host, port = host_port(settings.nats_url, 4222)
-        nats_server = NatsServer(port, Path(settings.data_dir) / "nats", host).start()
-        typer.echo(f"started nats-server with JetStream on {nats_server.url}")
+    nats_server = await _start_nats(settings)
     try:
         typer.echo(await ensure_admin(settings, settings.admin_email, settings.admin_password))
         typer.echo(await ensure_demo_catalog(settings))  # after ensure_admin: migrations ran
-        app = build_app(settings)
-        app.after_startup(lambda: typer.echo(USAGE.format(
+        await _run_apps(build_apps(settings), lambda: typer.echo(USAGE.format(
             sets=", ".join(hs.name for hs in select_sets(settings.handler_sets)),
             nats=settings.nats_url,
             admin=settings.admin_email)))
-        await app.run()
     finally:
         if nats_server:
             nats_server.stop()

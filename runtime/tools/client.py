@@ -5,10 +5,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats
 import nats.errors
 from nats.aio.client import Client
 from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_exponential
+
+from runtime import accounts
 
 
 @dataclass
@@ -36,7 +37,7 @@ class AtlanticClient:
 
     @classmethod
     async def connect(cls, url: str, token: str | None = None) -> "AtlanticClient":
-        return cls(await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1), token)
+        return cls(await accounts.connect(url, connect_timeout=2, max_reconnect_attempts=1), token)
 
     def signed_in(self, token: str) -> "AtlanticClient":
         return AtlanticClient(self.nc, token, self.timeout)

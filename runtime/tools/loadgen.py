@@ -26,6 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from contracts.base import new_id
+from runtime import accounts
 from runtime.tools.client import AtlanticClient, Reply, until_answered
 
 PASSWORD = "loadgen-shopper-pass"
@@ -410,8 +411,8 @@ class LoadGen:
 
 
 async def run_loadgen(config: LoadConfig, console: Console | None = None) -> Report:
-    nc = await nats.connect(config.nats_url, name="atlantic-loadgen", connect_timeout=5,
-                            max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    nc = await accounts.connect(config.nats_url, name="atlantic-loadgen", connect_timeout=5,
+                                max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         gen = LoadGen(config, nc)
         if console is None:

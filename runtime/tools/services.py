@@ -5,6 +5,9 @@ are the machine's; when they do not answer we try the usual local start commands
 say how to get them.
 """
 
+import json
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -46,27 +49,57 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    """A nats-server child process with JetStream and its own store; can be killed and restarted."""
+    """A nats-server child process with JetStream and its own store; can be killed and restarted.
 
-    def __init__(self, port: int, store_dir: Path, host: str = "127.0.0.1"):
+    With a config (deploy/nats.conf) it runs that file's users and permissions, with the
+    passwords it reads from `env`, on this host and port and with this store, and logs to
+    store_dir/nats-server.log (where permission violations show)."""
+
+    def __init__(self, port: int, store_dir: Path, host: str = "127.0.0.1", *,
+                 config: Path | None = None, env: dict[str, str] | None = None):
         self.host, self.port, self.store_dir = host, port, store_dir
+        self.config, self.env = config, env
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    @property
+    def log_path(self) -> Path:
+        return self.store_dir / "nats-server.log"
+
     def start(self) -> "NatsServer":
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [nats_server_binary(), "-a", self.host, "-p", str(self.port), "-js",
-             "-sd", str(self.store_dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        command = [nats_server_binary(), "-a", self.host, "-p", str(self.port), "-js"]
+        if self.config is None:
+            command += ["-sd", str(self.store_dir)]
+            log = subprocess.DEVNULL
+        else:
+            command += ["-c", str(self._local_config()), "-m", str(free_port())]
+            log = self.log_path.open("ab")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                        env=None if self.env is None else os.environ | self.env)
+        if log != subprocess.DEVNULL:
+            log.close()
         if not wait_until_answers(self.url, 4222, 10):
             self.stop()
             raise RuntimeError(f"nats-server did not start on {self.url}")
         return self
+
+    def _local_config(self) -> Path:
+        """The config with its store_dir pointed at ours (nats-server takes no -sd on top of a
+        store_dir from the file); listen and monitoring ports are overridden by the flags."""
+        assert self.config is not None
+        text = self.config.read_text()
+        text, replaced = re.subn(r"^(\s*store_dir:).*$",
+                                 lambda m: f"{m.group(1)} {json.dumps(str(self.store_dir))}",
+                                 text, flags=re.M)
+        if replaced != 1:
+            raise RuntimeError(f"{self.config} has no single store_dir line to point at a store")
+        local = self.store_dir / "nats.conf"
+        local.write_text(text)
+        return local
 
     def stop(self, *, kill: bool = False) -> None:
         if self.process is None:
