@@ -1,7 +1,14 @@
 """A world of its own for the order saga: every set, on a NATS server and a database of its own,
 so its events never meet the shared system's (whose catalog tests drive the saga by hand).
 
-Two shapes: every set in this process, or each set in its own `atlantic serve` process.
+The NATS server runs deploy/nats.conf with generated passwords, as `atlantic up` does: every set
+connects as its own NATS user, the customers and the admin as `client`, and what a test does by
+hand on the stream (forging an event, reading the history) as the operator's `admin`. A grant
+the saga lacks fails the world when it closes, with the server's "Publish Violation" and
+"Subscription Violation" lines.
+
+Two shapes: every set in this process (one app per set, as `atlantic up` runs them), or each set
+in its own `atlantic serve` process.
 """
 
 import asyncio
@@ -16,7 +23,8 @@ from pathlib import Path
 import asyncpg
 from support import ATLANTIC, RUN_ID, TEST_PASSWORD, cli_env, eventually, sign_up, unique_email
 
-from runtime.app import build_app
+from runtime.accounts import CLIENT_USER, NATS_CONF, Passwords
+from runtime.app import build_apps
 from runtime.settings import Settings
 from runtime.tools.bootstrap import ensure_admin
 from runtime.tools.client import AtlanticClient
@@ -33,7 +41,9 @@ class World:
     nats: NatsServer
     client: AtlanticClient
     admin: AtlanticClient
+    operator: AtlanticClient  # the NATS admin user: the stream by hand
     db: asyncpg.Pool
+    client_url: str  # NATS as the `client` user, for a connection of a test's own
     processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
 
     async def customer(self) -> tuple[AtlanticClient, str]:
@@ -122,23 +132,29 @@ async def stop_all(world: World) -> list[str]:
 async def open_world(settings: Settings, store: Path, shape: str, tag: str
                      ) -> AsyncIterator[World]:
     """shape: "one-process" (every set in this process) or "process-per-set"."""
-    nats = NatsServer(free_port(), store).start()
+    data_dir = store.with_name(f"{store.name}-data")
+    passwords = Passwords.ensure(data_dir)
+    nats = NatsServer(free_port(), store, config=NATS_CONF,
+                      env=passwords.environment()).start()
     dsn = settings.postgres_dsn.replace(f"atlantic_test_{RUN_ID}",
                                         f"atlantic_test_{RUN_ID}_{tag}")
     world_settings = settings.model_copy(update={
-        "nats_url": nats.url, "postgres_dsn": dsn,
+        "nats_url": nats.url, "postgres_dsn": dsn, "data_dir": str(data_dir),
         "redis_prefix": f"atlantic-test-{RUN_ID}-{tag}:",
         "sandbox_decline_above": Decimal("5000.00")})
     await create_database(dsn)
     admin_email = unique_email("saga-admin")
     await ensure_admin(world_settings, admin_email, TEST_PASSWORD)
     db = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-    client = await AtlanticClient.connect(nats.url)
-    world = World(world_settings, nats, client, client, db)
+    client_url = passwords.url(nats.url, CLIENT_USER)
+    client = await AtlanticClient.connect(client_url)
+    operator = await AtlanticClient.connect(passwords.url(nats.url, "admin"))
+    world = World(world_settings, nats, client, client, operator, db, client_url)
     in_process = contextlib.AsyncExitStack()
     try:
         if shape == "one-process":
-            await in_process.enter_async_context(build_app(world_settings, SAGA_SETS))
+            for app in build_apps(world_settings, SAGA_SETS):
+                await in_process.enter_async_context(app)
         else:
             for name in SAGA_SETS:
                 await start_set(world, name)
@@ -151,8 +167,12 @@ async def open_world(settings: Settings, store: Path, shape: str, tag: str
         stuck = await stop_all(world)
         await in_process.aclose()
         await client.close()
+        await operator.close()
         await db.close()
         nats.stop()
         if not os.environ.get("ATLANTIC_KEEP_TEST_DB"):
             await drop_database(dsn)
     assert not stuck, f"did not stop within 30 s of SIGTERM (killed): {stuck}"
+    violations = [line for line in nats.log_path.read_text().splitlines()
+                  if "Publish Violation" in line or "Subscription Violation" in line]
+    assert not violations, "\n".join(violations[:20])

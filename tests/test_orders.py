@@ -24,7 +24,7 @@ async def world(settings, tmp_path_factory) -> AsyncIterator[World]:
 
 
 async def publish(world: World, event: Event) -> PubAck:
-    return await world.client.nc.jetstream().publish(
+    return await world.operator.nc.jetstream().publish(
         event.subject, event.model_dump_json().encode(), stream=STREAM,
         headers={"Nats-Msg-Id": event.event_id})
 
@@ -312,7 +312,7 @@ async def _ignored(world: World, order_id: str, event_id: str) -> list[dict]:
 async def _came_back(world: World, durable: str, seq: int) -> bool:
     """The consumer was handed the event at `seq` and has not acked it yet, and an event of its
     came back after a refusal (the early one: nothing else is pending in this world)."""
-    info = await world.client.nc.jetstream().consumer_info(STREAM, durable)
+    info = await world.operator.nc.jetstream().consumer_info(STREAM, durable)
     return (info.delivered.stream_seq >= seq > info.ack_floor.stream_seq
             and info.num_ack_pending >= 1 and info.num_redelivered >= 1)
 

@@ -1,11 +1,14 @@
 """The order saga end to end over a real NATS server: every set in one process, and each set in
 its own `atlantic serve` process. What a customer and an operator see: replies, stock, money."""
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from urllib.request import urlopen
 
 import pytest
-from saga_world import World, open_world
+from saga_world import SAGA_SETS, World, open_world
 from support import LIFECYCLE, check_event, eventually, read_events
 
 from handlers.orders.deadlines import DEADLINE_REASON
@@ -21,6 +24,19 @@ async def world(request, settings, tmp_path_factory) -> AsyncIterator[World]:
 
 def statuses(order: dict) -> list[str]:
     return [change["status"] for change in order["history"]]
+
+
+async def test_every_set_connects_to_nats_as_its_own_user(world: World):
+    url = f"http://127.0.0.1:{world.nats.monitor_port}/connz?auth=true&limit=4096"
+    connz = json.loads(await asyncio.to_thread(lambda: urlopen(url, timeout=5).read()))
+
+    users = {}
+    for connection in connz["connections"]:
+        users.setdefault(connection.get("name", ""), set()).add(connection["authorized_user"])
+
+    for name in SAGA_SETS:
+        assert users[f"atlantic[{name}]"] == {name}, name
+    assert not any(name.startswith("atlantic[") and "," in name for name in users), users
 
 
 async def test_an_order_goes_from_created_to_delivered(world: World):
@@ -159,7 +175,7 @@ async def test_every_event_the_saga_emitted_is_shaped_as_design_says(world: Worl
     """Runs last in its world: by now it holds deliveries, cancels, declines and returns."""
     subject_of = {name: subject for subject, (name, _) in LIFECYCLE.items()}
 
-    emitted = await read_events(world.client, "atlantic.events.order.>")
+    emitted = await read_events(world.operator, "atlantic.events.order.>")
 
     assert {body["event"] for _, body in emitted} == set(subject_of)  # all eight appeared
     for headers, body in emitted:

@@ -6,7 +6,6 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator
 
-import nats
 import pytest
 from saga_world import World, open_world, start_set, stop_set
 from support import eventually
@@ -14,6 +13,7 @@ from support import eventually
 from contracts.base import new_id
 from contracts.events import STREAM
 from handlers import HANDLER_SETS
+from runtime import accounts
 from runtime.tools.client import AtlanticClient, until_answered
 
 ORDERS_UNDER_RESTART = 1_000
@@ -71,7 +71,7 @@ async def charges_per_order(world: World, order_ids: list[str]) -> dict[str, int
 
 async def in_flight(world: World, name: str) -> int:
     """Events the set's consumers were handed and have not acked."""
-    js = world.client.nc.jetstream()
+    js = world.operator.nc.jetstream()
     return sum([(await js.consumer_info(STREAM, c.durable)).num_ack_pending
                 for c in HANDLER_SETS[name].consumers])
 
@@ -132,7 +132,8 @@ async def test_consumers_killed_mid_flight_change_nothing_twice(world: World):
 
 
 async def test_a_nats_restart_under_load_loses_no_order(world: World):
-    nc = await nats.connect(world.nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    nc = await accounts.connect(world.client_url, max_reconnect_attempts=-1,
+                                reconnect_time_wait=0.2)
     customer_client = AtlanticClient(nc)
     signed_in, _ = await world.customer()
     customer = customer_client.signed_in(signed_in.token)
@@ -154,7 +155,7 @@ async def test_a_nats_restart_under_load_loses_no_order(world: World):
 
 
 async def test_a_poison_event_is_dead_lettered_and_orders_keep_flowing(world: World):
-    js = world.client.nc.jetstream()
+    js = world.operator.nc.jetstream()
     poison = new_id()
     await js.publish("atlantic.events.order.validated", b'{"event": "OrderValidated"}',
                      headers={"Nats-Msg-Id": poison})

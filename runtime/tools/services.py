@@ -59,6 +59,7 @@ class NatsServer:
                  config: Path | None = None, env: dict[str, str] | None = None):
         self.host, self.port, self.store_dir = host, port, store_dir
         self.config, self.env = config, env
+        self.monitor_port: int | None = None  # the HTTP monitoring (/connz), with a config
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,7 +77,8 @@ class NatsServer:
             command += ["-sd", str(self.store_dir)]
             log = subprocess.DEVNULL
         else:
-            command += ["-c", str(self._local_config()), "-m", str(free_port())]
+            self.monitor_port = free_port()
+            command += ["-c", str(self._local_config()), "-m", str(self.monitor_port)]
             log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                         env=None if self.env is None else os.environ | self.env)
