@@ -12,7 +12,7 @@ import nats
 import nats.errors
 import pytest
 from nats.js.api import ConsumerConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from contracts.events import STREAM
 from handlers import HANDLER_SETS
@@ -21,7 +21,7 @@ from runtime.accounts import NATS_CONF, Passwords, anonymous_may_publish_events
 from runtime.consumers import consumer_config
 from runtime.services import NatsServer, free_port
 from runtime.settings import Settings
-from runtime.streams import ensure_stream
+from runtime.streams import MAX_CONSUMER_ACK_PENDING, ensure_stream
 
 SETS = tuple(HANDLER_SETS)
 USERS = (*SETS, "client")
@@ -222,6 +222,9 @@ async def test_each_set_declares_the_stream_emits_its_events_and_runs_its_consum
             await js.add_consumer(STREAM, ConsumerConfig(
                 name=durable, durable_name=durable, filter_subject="atlantic.events.>"))
             await _take_one(js, operator, durable, "atlantic.events.behavior.page_viewed")
+        for durable in durables(handler_set):  # none lives forever unused: the stream's limit
+            info = await js.consumer_info(STREAM, durable)
+            assert info.config.inactive_threshold == Settings().stream_max_age_days * 86_400
         assert me.violations == []
     finally:
         await me.close()
@@ -385,6 +388,11 @@ async def test_nobody_creates_a_consumer_of_their_own_choosing(bus, user):
 
         consumers = await operator.nc.jetstream().consumers_info(STREAM)
         assert not [c.name for c in consumers if c.name not in ALL_DURABLES]
+        if mine := durables(user) if user in SETS else []:  # its own name, past the limits
+            with pytest.raises(BadRequestError, match="max ack pending"):
+                await js.add_consumer(STREAM, ConsumerConfig(
+                    durable_name=mine[0], filter_subject="atlantic.events.>",
+                    max_ack_pending=MAX_CONSUMER_ACK_PENDING + 1))
     finally:
         await me.close()
         await operator.close()
