@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 import signal
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,6 +14,13 @@ from nats.micro.service import ServiceInfo, ServiceStats
 from support import ATLANTIC, RUN_ID, SHARED_SETS, TEST_PASSWORD, cli_env, run_cli, unique_email
 
 from handlers import HANDLER_SETS
+from runtime.accounts import (
+    CLIENT_USER,
+    NATS_CONF,
+    PASSWORDS_FILE,
+    Passwords,
+    anonymous_may_publish_events,
+)
 from runtime.tools.client import AtlanticClient
 from runtime.tools.readiness import wait_until_answering
 from runtime.tools.services import NatsServer, free_port
@@ -206,7 +214,11 @@ async def test_up_starts_nats_and_serves_register_login_and_me(settings, tmp_pat
             line = await asyncio.wait_for(up.stdout.readline(), 60)
             assert line, f"atlantic up exited early: {banner}"
             banner += line.decode()
-        email = unique_email("up")
+        passwords = tmp_path / PASSWORDS_FILE
+        assert stat.S_IMODE(passwords.stat().st_mode) == 0o600
+        assert set(json.loads(passwords.read_text())) == {*HANDLER_SETS, CLIENT_USER, "admin"}
+        assert not await anonymous_may_publish_events(nats_url)
+        email = unique_email("up")  # `call` below connects as the client user
         code, out, _ = await run_cli("call", "atlantic.users.register", json.dumps(
             {"email": email, "password": TEST_PASSWORD, "name": "Up"}), env=env)
         assert code == 0, out
@@ -225,6 +237,29 @@ async def test_up_starts_nats_and_serves_register_login_and_me(settings, tmp_pat
     assert exit_code == 0
     code, _, err = await run_cli("call", "atlantic.users.me", env=env)
     assert code == 3, err  # the NATS server up started is gone with it
+
+
+async def test_up_says_plainly_when_the_nats_server_there_is_open_to_anyone(
+        settings, own_nats, tmp_path, capsys):
+    from runtime.tools.cli import start_or_check_nats
+
+    passwords = Passwords.ensure(tmp_path / "secured")
+    secured = NatsServer(free_port(), tmp_path / "secured-nats", config=NATS_CONF,
+                         env=passwords.environment()).start()
+    try:
+        assert await start_or_check_nats(settings.model_copy(update={
+            "nats_url": secured.url, "data_dir": str(tmp_path / "secured")})) is None
+        quiet = capsys.readouterr()
+        assert await start_or_check_nats(settings.model_copy(update={
+            "nats_url": own_nats.url})) is None
+        warned = capsys.readouterr()
+    finally:
+        secured.stop()
+
+    assert "WARNING" not in quiet.err + quiet.out
+    assert f"WARNING: the NATS server at {own_nats.url} lets a client with no credentials" \
+        in warned.err
+    assert "atlantic.events.>" in warned.err
 
 
 @pytest.mark.fast

@@ -310,7 +310,7 @@ and stop that server, so `atlantic up` starts its own with a user per set.
 """
 
 
-async def _start_nats(settings: Settings):
+async def start_or_check_nats(settings: Settings):
     """Starts nats-server with the users of deploy/nats.conf when nothing answers at the URL
     (returns it, to be stopped); else warns when the server there is open to anyone."""
     from runtime.accounts import NATS_CONF, Passwords, anonymous_may_publish_events
@@ -339,7 +339,7 @@ async def _up(settings: Settings) -> None:
                             ensure_redis(settings.redis_url)) if p]
     if problems:
         raise _fail("\n".join(problems))
-    nats_server = await _start_nats(settings)
+    nats_server = await start_or_check_nats(settings)
     try:
         typer.echo(await ensure_admin(settings, settings.admin_email, settings.admin_password))
         typer.echo(await ensure_demo_catalog(settings))  # after ensure_admin: migrations ran
