@@ -50,6 +50,13 @@ def with_user(url: str, user: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{netloc}:{parts.port}" if parts.port else netloc))
 
 
+def new_password() -> str:
+    """160 random bits as a letter and hex digits: safe in a URL, and read by nats-server as a
+    string (it parses a variable's value as a config value: one starting with a digit is taken
+    for a number, and the config refused)."""
+    return "p" + secrets.token_hex(20)
+
+
 class Passwords:
     """A password per NATS user, in a JSON file only its owner may read."""
 
@@ -75,7 +82,7 @@ class Passwords:
         by_user = dict(existing.by_user) if existing else {}
         missing = [user for user in users(config) if user not in by_user]
         passwords = cls(cls.path_in(data_dir), by_user | {
-            user: secrets.token_urlsafe(24) for user in missing})  # URL-safe: they go in URLs
+            user: new_password() for user in missing})
         if missing or existing is None:
             passwords.write()
         return passwords

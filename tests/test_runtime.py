@@ -230,6 +230,9 @@ async def test_up_starts_nats_and_serves_register_login_and_me(settings, tmp_pat
         assert code == 0, out
         assert json.loads(out)["email"] == email
         assert "admin@example.com" in banner  # the default admin was created
+        log = (tmp_path / "nats" / "nats-server.log").read_text()
+        # every set (analytics too) has the grants it uses
+        assert "Publish Violation" not in log and "Subscription Violation" not in log, log
     finally:
         up.send_signal(signal.SIGTERM)
         exit_code = await asyncio.wait_for(up.wait(), 30)
