@@ -171,11 +171,14 @@ def document_broker(sets: Iterable[HandlerSet]) -> NatsBroker:
 def build_apps(settings: Settings, set_names: Iterable[str] | None = None) -> list[FastStream]:
     """One app for the chosen sets; or, where `atlantic up` generated a NATS password for each
     set and the URL names no user, one app per set, each connected as its own NATS user (one
-    connection cannot hold two users' permissions)."""
+    connection cannot hold two users' permissions). The PostgreSQL pool size is the process's,
+    shared out among them."""
     names = [hs.name for hs in select_sets(settings.handler_sets if set_names is None
                                            else set_names)]
     passwords = None if url_user(settings.nats_url) else Passwords.read(settings.data_dir)
     if passwords is None:
         return [build_app(settings, names)]
+    pool_size = max(2, settings.postgres_pool_size // len(names))
     return [build_app(settings.model_copy(update={
-        "nats_url": passwords.url(settings.nats_url, name)}), [name]) for name in names]
+        "nats_url": passwords.url(settings.nats_url, name), "postgres_pool_size": pool_size}),
+        [name]) for name in names]

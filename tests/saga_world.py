@@ -173,6 +173,19 @@ async def open_world(settings: Settings, store: Path, shape: str, tag: str
         if not os.environ.get("ATLANTIC_KEEP_TEST_DB"):
             await drop_database(dsn)
     assert not stuck, f"did not stop within 30 s of SIGTERM (killed): {stuck}"
-    violations = [line for line in nats.log_path.read_text().splitlines()
-                  if "Publish Violation" in line or "Subscription Violation" in line]
+    violations = permission_violations(nats.log_path.read_text())
     assert not violations, "\n".join(violations[:20])
+
+
+def permission_violations(log: str) -> list[str]:
+    """The publish and subscription violations in a nats-server log, but for one kind that is
+    no missing grant: a reply a set had buffered while the server was away, refused by the
+    server restarted since (it never delivered that request, so allow_responses does not
+    cover it; the requester's own retry gets its answer). Each line starts with the pid of the
+    server process that wrote it."""
+    lines = log.splitlines()
+    first_pid = lines[0].split("]", 1)[0] if lines else ""
+    return [line for line in lines
+            if ("Publish Violation" in line or "Subscription Violation" in line)
+            and not (line.split("]", 1)[0] != first_pid
+                     and 'Publish Violation - Subject "_INBOX.' in line)]
