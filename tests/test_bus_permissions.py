@@ -86,7 +86,7 @@ class Session:
         return any(v.startswith("nats: permissions violation") and v.endswith(quoted)
                    for v in self.violations)
 
-    async def _round_trip(self) -> None:
+    async def round_trip(self) -> None:
         """Returns once the server has answered everything sent so far. Not nc.flush(): nats-py
         writes its PING straight to the socket, ahead of commands still buffered, so a -ERR can
         come after the PONG. A request is buffered behind them, and the server answers it (or
@@ -100,13 +100,13 @@ class Session:
     async def can_publish(self, subject: str) -> bool:
         self.violations.clear()
         await self.nc.publish(subject, b"{}")
-        await self._round_trip()
+        await self.round_trip()
         return not self._denied(subject)
 
     async def can_subscribe(self, subject: str) -> bool:
         self.violations.clear()
         subscription = await self.nc.subscribe(subject)
-        await self._round_trip()
+        await self.round_trip()
         denied = self._denied(subject)
         await subscription.unsubscribe()
         return not denied
@@ -265,7 +265,7 @@ async def test_orders_gets_catalog_quotes_and_replies_flow_back(bus):
 
     try:
         await catalog.nc.subscribe("atlantic.catalog.quote", queue="atlantic-catalog", cb=quote)
-        await catalog.nc.flush()
+        await catalog.round_trip()  # the subscription is in place
 
         reply = await orders.nc.request("atlantic.catalog.quote", b"{}", timeout=5)
 
@@ -284,7 +284,7 @@ async def _answering_users(users: Session, answer: bytes) -> None:
 
     for subject in ("atlantic.users.login", "atlantic.users.me"):
         await users.nc.subscribe(subject, queue="atlantic-users", cb=respond)
-    await users.nc.flush()
+    await users.round_trip()  # the subscriptions are in place
 
 
 async def test_nobody_reads_a_reply_meant_for_another(bus):
@@ -300,12 +300,12 @@ async def test_nobody_reads_a_reply_meant_for_another(bus):
         for snooper in snoopers:
             for subject in ("_INBOX.>", "_INBOX.client.>", ">"):
                 await snooper.nc.subscribe(subject, cb=snoop)
-            await snooper._round_trip()
+            await snooper.round_trip()
             assert snooper._denied("_INBOX.>") and snooper._denied("_INBOX.client.>"), \
                 snooper.user
 
         reply = await client.nc.request("atlantic.users.login", b"{}", timeout=5)
-        await asyncio.gather(*(s._round_trip() for s in snoopers))
+        await asyncio.gather(*(s.round_trip() for s in snoopers))
 
         assert reply.data == b'{"token": "secret-token"}'
         assert seen == []
@@ -362,7 +362,7 @@ async def test_a_rogue_responder_never_answers_atlantic_users_me(bus, rogue_user
         await _answering_users(users, b'{"email": "real@example.com"}')
         await rogue.nc.subscribe("atlantic.users.me", cb=impersonate)
         await rogue.nc.subscribe("atlantic.users.me", queue="atlantic-users", cb=impersonate)
-        await rogue._round_trip()
+        await rogue.round_trip()
 
         answers = [(await client.nc.request("atlantic.users.me", b"", timeout=5)).data
                    for _ in range(10)]
