@@ -19,9 +19,9 @@ from handlers import HANDLER_SETS
 from runtime import accounts
 from runtime.accounts import NATS_CONF, Passwords, anonymous_may_publish_events
 from runtime.consumers import consumer_config
-from runtime.services import NatsServer, free_port
 from runtime.settings import Settings
 from runtime.streams import MAX_CONSUMER_ACK_PENDING, ensure_stream
+from runtime.tools.services import NatsServer, free_port
 
 SETS = tuple(HANDLER_SETS)
 USERS = (*SETS, "client")
@@ -183,6 +183,7 @@ async def test_every_user_may_do_exactly_what_it_needs(bus, user):
     assert wrong == [], f"{user}, against the matrix:\n" + "\n".join(wrong)
 
 
+@pytest.mark.fast
 def test_generated_passwords_start_with_a_letter_and_are_kept_from_others(tmp_path):
     passwords = Passwords.ensure(tmp_path)
     again = Passwords.ensure(tmp_path)
