@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from contracts.base import Id, Money, Request, Wire
+from contracts.base import Id, Money, NoControls, Request, Wire
 from contracts.events import MAX_ORDER_LINES, Quantity
 
 PRODUCTS_CREATE = "atlantic.catalog.products.create"
@@ -23,9 +23,9 @@ MAX_STOCK = 1_000_000
 # A price is money above zero: "0.00" is refused like "-1" and "1.005".
 Price = Annotated[Money, Field(gt=0, le=Decimal("1000000"))]
 Sku = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-Description = Annotated[str, Field(max_length=2_000)]
-Category = Annotated[str, Field(min_length=1, max_length=60)]
+Name = Annotated[str, Field(min_length=1, max_length=200), NoControls]
+Description = Annotated[str, Field(max_length=2_000), NoControls]
+Category = Annotated[str, Field(min_length=1, max_length=60), NoControls]
 Threshold = Annotated[int, Field(ge=0, le=MAX_STOCK)]
 
 
@@ -78,10 +78,11 @@ class ListProducts(Request):
     category: Category | None = None
     min_price: Money | None = None
     max_price: Money | None = None
-    q: str | None = Field(None, min_length=1, max_length=200, description="full-text search")
+    q: Annotated[str, Field(min_length=1, max_length=200), NoControls] | None = Field(
+        None, description="full-text search")
     in_stock: bool = False
     limit: int = Field(20, ge=1, le=MAX_PAGE)
-    cursor: str | None = Field(None, min_length=1, max_length=400,
+    cursor: Annotated[str, Field(min_length=1, max_length=400), NoControls] | None = Field(None,
                                description="nextCursor from the previous page, as it came")
 
     @model_validator(mode="after")
@@ -99,7 +100,7 @@ class GetInventory(Request):
 class AdjustInventory(Request):
     product_id: Id
     delta: int = Field(ge=-MAX_STOCK, le=MAX_STOCK, description="units added (negative: removed)")
-    reason: str = Field(min_length=1, max_length=200)
+    reason: Annotated[str, Field(min_length=1, max_length=200), NoControls]
 
     @field_validator("delta")
     @classmethod

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, EmailStr, Field, model_validator
 
-from contracts.base import Empty, Id, Request, Wire
+from contracts.base import Empty, Id, NoControls, Request, Wire
 
 REGISTER = "atlantic.users.register"
 LOGIN = "atlantic.users.login"
@@ -46,7 +46,7 @@ Password = Annotated[
 class Register(Request):
     email: Email
     password: Password
-    name: str = Field(min_length=1, max_length=100)
+    name: Annotated[str, Field(min_length=1, max_length=100), NoControls]
 
     @model_validator(mode="after")
     def _password_is_not_the_email(self) -> "Register":

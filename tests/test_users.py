@@ -80,7 +80,7 @@ async def test_oversized_fields_are_named(client):
 async def test_an_oversized_request_is_refused_unread(client):
     reply = await client.call(REGISTER, raw=b'{"name": "' + b"x" * MAX_REQUEST_BYTES + b'"}')
 
-    assert reply.status == 400
+    assert reply.status == 413
     assert reply.error_code == "payload_too_large"
 
 
