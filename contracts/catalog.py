@@ -43,22 +43,17 @@ class CreateProduct(Request):
 class UpdateProduct(Request):
     """Only the fields sent change; stock changes go through inventory.adjust."""
 
+    # A field may be left out (its default, None, is not validated); an explicit null would be
+    # ambiguous (clear it? keep it?), so the types refuse it. Not a "before" validator: one
+    # would hand the fields plain Python values, and strict Decimal would refuse "12.50".
     product_id: Id
-    name: Name | None = None
-    description: Description | None = None
-    price: Price | None = None
-    category: Category | None = None
-    sku: Sku | None = None
-    active: bool | None = None
-    low_stock_threshold: Threshold | None = None
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_nulls(cls, value: object) -> object:
-        # A field may be left out; an explicit null would be ambiguous (clear it? keep it?).
-        if value is None:
-            raise ValueError("leave the field out instead of sending null")
-        return value
+    name: Name = None  # type: ignore[assignment]
+    description: Description = None  # type: ignore[assignment]
+    price: Price = None  # type: ignore[assignment]
+    category: Category = None  # type: ignore[assignment]
+    sku: Sku = None  # type: ignore[assignment]
+    active: bool = None  # type: ignore[assignment]
+    low_stock_threshold: Threshold = None  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _changes_something(self) -> "UpdateProduct":
