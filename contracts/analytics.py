@@ -245,7 +245,7 @@ class Funnel(Window):
     pass
 
 
-class Inventory(Window):
+class InventoryQuery(Window):
     low_stock_threshold: int = Field(10, ge=0, le=1_000_000)
     limit: Limit = 50
 
