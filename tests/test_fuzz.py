@@ -51,7 +51,7 @@ LEAVES = (st.none() | st.booleans() | st.integers() | st.floats()
           | st.text(st.characters(codec=None)) | st.decimals(allow_nan=False).map(str))
 ANY_JSON = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=4)
                         | st.dictionaries(st.text(max_size=12), inner, max_size=4),
-                        max_leaves=12)
+                        max_leaves=8)
 
 
 def _text(schema: dict[str, Any]) -> st.SearchStrategy[str]:
@@ -95,13 +95,13 @@ def _near(schema: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrategy[Any
 
 
 def _object(schema: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrategy[dict]:
-    fields = {name: _near(s, defs) | ANY_JSON for name, s in schema["properties"].items()}
+    fields = {name: _near(s, defs) | LEAVES for name, s in schema["properties"].items()}
     required = {name: fields[name] for name in schema.get("required", [])}
     optional = {name: s for name, s in fields.items() if name not in required}
-    snake = {re.sub(r"([A-Z])", r"_\1", name).lower(): ANY_JSON for name in schema["properties"]
+    snake = {re.sub(r"([A-Z])", r"_\1", name).lower(): LEAVES for name in schema["properties"]
              if name != name.lower()}
     return st.fixed_dictionaries(required, optional=optional | snake) \
-        | st.fixed_dictionaries({}, optional=fields | {"extra": ANY_JSON})
+        | st.fixed_dictionaries({}, optional=fields | {"extra": LEAVES})
 
 
 @functools.cache
