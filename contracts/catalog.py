@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from contracts.base import Id, Money, NoControls, Request, Wire
+from contracts.base import Id, Money, NoControls, Request, Wire, money
 from contracts.events import MAX_ORDER_LINES, Quantity
 
 PRODUCTS_CREATE = "atlantic.catalog.products.create"
@@ -21,7 +21,7 @@ MAX_PAGE = 100
 MAX_STOCK = 1_000_000
 
 # A price is money above zero: "0.00" is refused like "-1" and "1.005".
-Price = Annotated[Money, Field(gt=0, le=Decimal("1000000"))]
+Price = money(gt=0, le=Decimal("1000000"))
 Sku = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 Name = Annotated[str, Field(min_length=1, max_length=200), NoControls]
 Description = Annotated[str, Field(max_length=2_000), NoControls]

@@ -145,3 +145,18 @@ def test_orders_create_declares_its_idempotency_key_and_the_document_its_limits(
     assert f"{MAX_REQUEST_BYTES:,} bytes" in doc["info"]["description"]
     assert "413" in doc["components"]["messages"]["ErrorReply"]["headers"]["properties"][
         "Nats-Service-Error-Code"]["enum"]
+
+
+def test_every_bound_is_written_as_json_schema_states_it(doc):
+    """pydantic writes a bound it cannot place on the type (one set beside a validator) under
+    its own name ("gt", "le"): enforced, but no client reads it."""
+    found, todo = [], [("", doc)]
+    while todo:
+        path, node = todo.pop()
+        if isinstance(node, dict):
+            found += [f"{path}/{k}" for k in node if k in {"gt", "ge", "lt", "le", "max_digits"}]
+            todo += [(f"{path}/{k}", v) for k, v in node.items()]
+        elif isinstance(node, list):
+            todo += [(path, v) for v in node]
+
+    assert found == []
