@@ -15,19 +15,19 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import RUN_ID, TEST_PASSWORD, unique_email
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 from saga_world import SAGA_SETS, World, start_set, stop_all
+from support import RUN_ID, TEST_PASSWORD, unique_email
 
 from contracts.base import MAX_REQUEST_BYTES
 from handlers import HANDLER_SETS
 from handlers.endpoints import request_model
 from runtime.app import build_app
-from runtime.cli import ensure_admin
-from runtime.client import AtlanticClient
-from runtime.services import NatsServer, free_port
+from runtime.tools.bootstrap import ensure_admin
+from runtime.tools.client import AtlanticClient
+from runtime.tools.services import NatsServer, free_port
 from storage.postgres import create_database, drop_database
 
 settings.register_profile("thorough", max_examples=10_000)

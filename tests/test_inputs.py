@@ -4,7 +4,7 @@ a structured error over NATS, never a 500 and never accepted by a looser reading
 import json
 
 import pytest
-from conftest import unique_email
+from support import unique_email
 
 from contracts.base import MAX_REQUEST_BYTES, MAX_REQUEST_DEPTH
 from contracts.catalog import INVENTORY_ADJUST, PRODUCTS_CREATE, PRODUCTS_LIST, QUOTE

@@ -7,12 +7,12 @@ import os
 from collections.abc import AsyncIterator
 
 import pytest
-from conftest import RUN_ID, TEST_PASSWORD, eventually, unique_email
+from support import RUN_ID, TEST_PASSWORD, eventually, unique_email
 
 from contracts.users import LOGIN, REGISTER
 from runtime.app import build_app
-from runtime.client import AtlanticClient
-from runtime.services import NatsServer, free_port
+from runtime.tools.client import AtlanticClient
+from runtime.tools.services import NatsServer, free_port
 from storage.postgres import create_database, drop_database
 
 WRONG = "not-the-password"
