@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from contracts.base import Id, Money, Request, Wire, utc_now
+from contracts.base import Id, Money, NoControls, Request, Wire, utc_now
 from contracts.events import Event
 
 TRACK = "atlantic.analytics.track"
@@ -118,7 +118,7 @@ class TrackRemovedFromCart(_Tracked):
 
 class TrackSearch(_Tracked):
     type: Literal["search"]
-    query: SearchText
+    query: Annotated[SearchText, NoControls]
     result_count: int | None = Field(None, ge=0, le=1_000_000)
 
 
@@ -245,7 +245,7 @@ class Funnel(Window):
     pass
 
 
-class Inventory(Window):
+class InventoryQuery(Window):
     low_stock_threshold: int = Field(10, ge=0, le=1_000_000)
     limit: Limit = 50
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from contracts.base import Id, Money, Request, Wire
+from contracts.base import Id, Money, NoControls, Request, Wire, money
 from contracts.events import MAX_ORDER_LINES, Quantity
 
 PRODUCTS_CREATE = "atlantic.catalog.products.create"
@@ -21,11 +21,11 @@ MAX_PAGE = 100
 MAX_STOCK = 1_000_000
 
 # A price is money above zero: "0.00" is refused like "-1" and "1.005".
-Price = Annotated[Money, Field(gt=0, le=Decimal("1000000"))]
+Price = money(gt=0, le=Decimal("1000000"))
 Sku = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-Description = Annotated[str, Field(max_length=2_000)]
-Category = Annotated[str, Field(min_length=1, max_length=60)]
+Name = Annotated[str, Field(min_length=1, max_length=200), NoControls]
+Description = Annotated[str, Field(max_length=2_000), NoControls]
+Category = Annotated[str, Field(min_length=1, max_length=60), NoControls]
 Threshold = Annotated[int, Field(ge=0, le=MAX_STOCK)]
 
 
@@ -43,22 +43,17 @@ class CreateProduct(Request):
 class UpdateProduct(Request):
     """Only the fields sent change; stock changes go through inventory.adjust."""
 
+    # A field may be left out (its default, None, is not validated); an explicit null would be
+    # ambiguous (clear it? keep it?), so the types refuse it. Not a "before" validator: one
+    # would hand the fields plain Python values, and strict Decimal would refuse "12.50".
     product_id: Id
-    name: Name | None = None
-    description: Description | None = None
-    price: Price | None = None
-    category: Category | None = None
-    sku: Sku | None = None
-    active: bool | None = None
-    low_stock_threshold: Threshold | None = None
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_nulls(cls, value: object) -> object:
-        # A field may be left out; an explicit null would be ambiguous (clear it? keep it?).
-        if value is None:
-            raise ValueError("leave the field out instead of sending null")
-        return value
+    name: Name = None  # type: ignore[assignment]
+    description: Description = None  # type: ignore[assignment]
+    price: Price = None  # type: ignore[assignment]
+    category: Category = None  # type: ignore[assignment]
+    sku: Sku = None  # type: ignore[assignment]
+    active: bool = None  # type: ignore[assignment]
+    low_stock_threshold: Threshold = None  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _changes_something(self) -> "UpdateProduct":
@@ -78,10 +73,11 @@ class ListProducts(Request):
     category: Category | None = None
     min_price: Money | None = None
     max_price: Money | None = None
-    q: str | None = Field(None, min_length=1, max_length=200, description="full-text search")
+    q: Annotated[str, Field(min_length=1, max_length=200), NoControls] | None = Field(
+        None, description="full-text search")
     in_stock: bool = False
     limit: int = Field(20, ge=1, le=MAX_PAGE)
-    cursor: str | None = Field(None, min_length=1, max_length=400,
+    cursor: Annotated[str, Field(min_length=1, max_length=400), NoControls] | None = Field(None,
                                description="nextCursor from the previous page, as it came")
 
     @model_validator(mode="after")
@@ -99,7 +95,7 @@ class GetInventory(Request):
 class AdjustInventory(Request):
     product_id: Id
     delta: int = Field(ge=-MAX_STOCK, le=MAX_STOCK, description="units added (negative: removed)")
-    reason: str = Field(min_length=1, max_length=200)
+    reason: Annotated[str, Field(min_length=1, max_length=200), NoControls]
 
     @field_validator("delta")
     @classmethod

@@ -6,7 +6,7 @@ The reply follows the NATS micro convention: headers `Nats-Service-Error` and
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 
 class ErrorDetail(BaseModel):
@@ -75,6 +75,11 @@ class Conflict(AtlanticError):
     code = "conflict"
 
 
+class PayloadTooLarge(AtlanticError):
+    status = 413
+    code = "payload_too_large"
+
+
 class Unprocessable(AtlanticError):
     status = 422
     code = "validation_failed"
@@ -88,3 +93,21 @@ class TooManyRequests(AtlanticError):
 class Unavailable(AtlanticError):
     status = 503
     code = "unavailable"
+
+
+def invalid_request(exc: ValidationError) -> AtlanticError:
+    """A request that does not meet its model: 400 when the body is not JSON or nests too deep
+    (JSON parsing stops there), 422 naming every offending field otherwise."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        if "recursion limit" in errors[0]["msg"]:
+            return BadRequest("the request nests deeper than the limit", code="too_deep")
+        reason = errors[0]["msg"].removeprefix("Invalid JSON: ")
+        return BadRequest(f"the request body is not valid JSON: {reason}", code="malformed_json")
+    details = [
+        {"field": ".".join(str(part) for part in e["loc"]) or "body", "message": e["msg"],
+         "type": e["type"]}
+        for e in errors
+    ]
+    fields = ", ".join(sorted({d["field"] for d in details}))
+    return Unprocessable(f"invalid request fields: {fields}", details=details)

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from contracts.base import Id, Money, Request, Wire
+from contracts.base import Id, Money, NoControls, Request, Wire
 from contracts.catalog import ItemLines
 from contracts.events import (
     InventoryReserved,
@@ -17,7 +17,6 @@ from contracts.events import (
     OrderShipped,
     OrderValidated,
     PaymentProcessed,
-    Text,
 )
 
 CREATE = "atlantic.orders.create"
@@ -27,6 +26,12 @@ CANCEL = "atlantic.orders.cancel"
 SHIP = "atlantic.orders.ship"
 DELIVER = "atlantic.orders.deliver"
 RETURN = "atlantic.orders.return"
+
+# A reason and a carrier as a client sends them: no control characters, and each constraint
+# inside its own Annotated (a Field beside a validated alias was silently dropped: a carrier of
+# 65 characters passed its max_length=64).
+Reason = Annotated[str, Field(max_length=500), NoControls]
+Carrier = Annotated[str, Field(min_length=1, max_length=64), NoControls]
 
 ORDER_EVENTS = "atlantic.events.order.>"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -50,7 +55,8 @@ class ListOrders(Request):
     created_from: datetime | None = Field(None, alias="from")
     created_to: datetime | None = Field(None, alias="to")
     limit: int = Field(20, ge=1, le=MAX_PAGE)
-    cursor: str | None = Field(None, max_length=200, description="nextCursor of the previous page")
+    cursor: Annotated[str, Field(max_length=200), NoControls] | None = Field(
+        None, description="nextCursor of the previous page")
 
     @model_validator(mode="after")
     def _window(self) -> "ListOrders":
@@ -61,17 +67,17 @@ class ListOrders(Request):
 
 class CancelOrder(Request):
     order_id: Id
-    reason: Text = "cancelled by the customer"
+    reason: Reason = "cancelled by the customer"
 
 
 class ReturnOrder(Request):
     order_id: Id
-    reason: Text = Field(min_length=1)
+    reason: Annotated[str, Field(min_length=1, max_length=500), NoControls]
 
 
 class ShipOrder(Request):
     order_id: Id
-    carrier: Text = Field(min_length=1, max_length=64)
+    carrier: Carrier
 
 
 class DeliverOrder(Request):

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, EmailStr, Field, model_validator
 
-from contracts.base import Empty, Id, Request, Wire
+from contracts.base import Empty, Id, NoControls, Request, Wire
 
 REGISTER = "atlantic.users.register"
 LOGIN = "atlantic.users.login"
@@ -46,7 +46,7 @@ Password = Annotated[
 class Register(Request):
     email: Email
     password: Password
-    name: str = Field(min_length=1, max_length=100)
+    name: Annotated[str, Field(min_length=1, max_length=100), NoControls]
 
     @model_validator(mode="after")
     def _password_is_not_the_email(self) -> "Register":
@@ -55,10 +55,18 @@ class Register(Request):
         return self
 
 
+# A token of 256 random bits, base64url: what a sign-in returns as token and deviceToken.
+Token = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43}$")]
+
+
 class Login(Request):
     email: Email
     # No policy here: a login only compares, and the reply must not reveal the rules.
     password: str = Field(min_length=1, max_length=PASSWORD_MAX)
+    device_token: Token | None = Field(
+        None, description="the deviceToken of this client's last sign-in to this account: its "
+        "failed attempts then count against this device only, so guesses at the account from "
+        "elsewhere do not lock it out")
 
 
 class GetUser(Request):
@@ -82,6 +90,7 @@ class Session(Wire):
     user_id: str
     role: Role
     expires_at: datetime
+    device_token: str = Field(description="send it with this client's next sign-in (Login)")
 
 
 class LoggedOut(Wire):

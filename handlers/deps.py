@@ -62,7 +62,9 @@ async def _current_session(message: NatsMessage, sessions: SessionStore) -> Sess
         raise Unauthorized()
     session = await sessions.resolve(token.strip())
     if session is None:
-        raise Unauthorized("the session has expired or was ended", code="session_expired")
+        if await sessions.was_issued(token.strip()):
+            raise Unauthorized("the session has expired or was ended", code="session_expired")
+        raise Unauthorized("the token was never issued here", code="invalid_token")
     return session
 
 

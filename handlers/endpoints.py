@@ -10,9 +10,9 @@ validated as one pydantic model of all of them. Profiled on a cached `catalog.pr
 
 So nothing injects per message but this module: `bind` splits a handler's parameters once, when
 the set's endpoints are built:
-- the request model (at most one parameter without a marker): validated here with the model
-  fast_depends built (the same errors, under the parameter's name), and documented in AsyncAPI
-  by FastStream exactly as before, since it is all the bound endpoint's signature shows;
+- the request model (at most one parameter without a marker): parsed and validated here from
+  the body's bytes, strictly (`_request_parser`), and documented in AsyncAPI by FastStream
+  exactly as before, since it is all the bound endpoint's signature shows;
 - `Context("name")` values: resolved from the app's context at the first message, then kept for
   the life of the app (the pools, the cache, settings, the outbox relays: one per process);
 - `Context("message")` (the request: its subject, headers and body) and `Depends(...)` values
@@ -35,7 +35,7 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 from fast_depends.dependencies import Dependant
 from faststream import ContextRepo
 from faststream._internal.context import Context as FastStreamContext
-from pydantic import BaseModel, create_model
+from pydantic import BaseModel, TypeAdapter
 
 MESSAGE = "message"  # the one context value that changes with every message
 
@@ -178,18 +178,24 @@ def _reply_model(handler: Callable[..., Any]) -> type[BaseModel] | None:
     return returned if isinstance(returned, type) and issubclass(returned, BaseModel) else None
 
 
+def _request_parser(model: Any) -> Callable[[bytes], Any]:
+    """The request body's bytes to the request model, held to the contract the AsyncAPI document
+    states: pydantic's JSON parser (in Rust: one pass, no Python objects for what is refused,
+    nesting past its limit refused) and strict types (`true` or `"2"` is no number), by the
+    camelCase wire names only. Unknown fields are refused by the models themselves."""
+    validate = TypeAdapter(model).validate_json
+    return functools.partial(validate, strict=True, by_alias=True, by_name=False)
+
+
 def bind(handler: Callable[..., Any], context: ContextRepo | None) -> Callable[..., Any]:
-    """The endpoint: `handler` called with the decoded body and the request message, everything
+    """The endpoint: `handler` called with the body's bytes and the request message, everything
     it declares injected here. What FastStream sees of it (for the AsyncAPI document) is the
     request model only. `context` is the app's context; None builds an endpoint for the
     document only."""
     plan = _parameters(handler, "handler")
     reply_model = _reply_model(handler)
     body = plan.body.name if plan.body is not None else None
-    # The model fast_depends would build of the handler's arguments, had it only the request:
-    # the same validation, and errors located under the parameter's name as before.
-    arguments = create_model(handler.__name__, **{body: (plan.body.annotation, ...)}) \
-        if body is not None else None
+    request = _request_parser(plan.body.annotation) if plan.body is not None else None
     names = _all_statics(plan)
     statics: dict[str, Any] = {}
     per_message = bool(plan.message or plan.dependencies)
@@ -201,8 +207,8 @@ def bind(handler: Callable[..., Any], context: ContextRepo | None) -> Callable[.
             statics.update({name: context.resolve(name) for name in names})
         kwargs = {name: statics[context_name] for name, context_name in plan.statics.items()}
         if not per_message:
-            if arguments is not None:
-                kwargs[body] = getattr(arguments.model_validate({body: decoded}), body)
+            if request is not None:
+                kwargs[body] = request(decoded)
             result = await handler(**kwargs)
         else:
             async with contextlib.AsyncExitStack() if needs_stack else _NO_STACK as stack:
@@ -213,8 +219,8 @@ def bind(handler: Callable[..., Any], context: ContextRepo | None) -> Callable[.
                     kwargs[name] = await scope.value(dependency, statics)
                 # After the dependencies, as fast_depends did: a request without a valid token
                 # is refused for that before its body is looked at.
-                if arguments is not None:
-                    kwargs[body] = getattr(arguments.model_validate({body: decoded}), body)
+                if request is not None:
+                    kwargs[body] = request(decoded)
                 result = await handler(**kwargs)
         # What fast_depends' reply cast did, for a handler that returns something else than its
         # model (a dict, say); a model instance or a ready reply passes untouched.
@@ -239,3 +245,9 @@ class _NoStack:
 
 
 _NO_STACK = _NoStack()
+
+
+def request_model(handler: Callable[..., Any]) -> Any:
+    """The request model a handler takes (what `bind` validates the body into), or None."""
+    body = _parameters(handler, "handler").body
+    return body.annotation if body is not None else None

@@ -82,8 +82,8 @@ class AppResources:
             self.redis, s.redis_prefix, idle_seconds=s.session_idle_seconds,
             absolute_seconds=s.session_absolute_seconds))
         context.set_global("login_limiter", LoginLimiter(
-            s.redis_url, s.redis_prefix, attempts=s.login_attempts,
-            window_seconds=s.login_window_seconds))
+            self.redis, s.redis_url, s.redis_prefix, attempts=s.login_attempts,
+            window_seconds=s.login_window_seconds, global_failures=s.login_failures_global))
         for hs in self.sets:
             for lifespan in hs.lifespans:
                 await self.lifespans.enter_async_context(lifespan(context))

@@ -5,50 +5,31 @@ validation, typed domain errors and the unexpected all become the NATS micro err
 (runtime.requests sends it). Event consumers re-raise instead, so JetStream redelivers them.
 """
 
-import json
 import logging
 import uuid
-from typing import Any
 
 from pydantic import ValidationError
 
 from contracts.base import MAX_REQUEST_BYTES
-from contracts.errors import AtlanticError, BadRequest, Unprocessable
+from contracts.errors import AtlanticError, PayloadTooLarge, invalid_request
 
 log = logging.getLogger("atlantic.errors")
 
 
-def decode_request(body: bytes) -> Any:
-    """Bodies are JSON objects; an empty body is an empty object; too big is refused unread."""
+def decode_request(body: bytes) -> bytes:
+    """A request body as it came (too big: refused unread; empty: an empty object). The endpoint
+    parses and validates it in one pass of pydantic's JSON parser (handlers.endpoints)."""
     if len(body) > MAX_REQUEST_BYTES:
-        raise BadRequest(
-            f"the request is {len(body)} bytes; the limit is {MAX_REQUEST_BYTES}",
-            code="payload_too_large",
-        )
-    if not body:
-        return {}
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise BadRequest("the request body is not valid JSON", code="malformed_json") from None
-
-
-def _field(loc: tuple[Any, ...]) -> str:
-    # The first element is the handler's parameter name; clients know only the fields.
-    path = [str(part) for part in loc[1:]]
-    return ".".join(path) or "body"
+        raise PayloadTooLarge(
+            f"the request is {len(body)} bytes; the limit is {MAX_REQUEST_BYTES}")
+    return body or b"{}"
 
 
 def as_error(exc: Exception) -> AtlanticError:
     if isinstance(exc, AtlanticError):
         return exc
     if isinstance(exc, ValidationError):
-        details = [
-            {"field": _field(e["loc"]), "message": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-        fields = ", ".join(sorted({d["field"] for d in details}))
-        return Unprocessable(f"invalid request fields: {fields}", details=details)
+        return invalid_request(exc)
     log.exception("unexpected error while handling a request", exc_info=exc)
     return AtlanticError("an internal error occurred; it has been logged")
 

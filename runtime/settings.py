@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     session_absolute_seconds: int = Field(12 * 60 * 60, ge=1)
     login_attempts: int = Field(5, ge=1)
     login_window_seconds: int = Field(60, ge=1)
+    login_failures_global: int = Field(1000, ge=1)  # across accounts, per window (spraying)
 
     # Outbox relay: how often the sweep republishes rows a crash left behind, and how long
     # published rows are kept. The stream's duplicate window must outlast the retry horizon.

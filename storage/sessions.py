@@ -4,12 +4,17 @@ A session has an idle expiry (the key's TTL, renewed on use) and an absolute exp
 record); both are fixed when the session starts, so changing the settings affects new sessions.
 Each user's live sessions are indexed so "log out everywhere" can end them all.
 
+A small marker remembers each token issued for twice its absolute lifetime, so a token that
+expired or was ended is told apart from one that never existed (a client signs in again after
+the first; the second is a bug or a forgery). Only a failed resolve reads it.
+
 Resolving a token is on the path of every signed-in request, so it is one round trip: a Lua
 script reads the record, checks the absolute expiry and renews the idle one in Redis (it was
 HGETALL then EXPIRE, two round trips of ~140 us of client CPU each on these machines).
 """
 
 import hashlib
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,6 +27,11 @@ class SessionInfo:
     user_id: str
     role: str
     token_hash: str
+
+
+TOKEN_BYTES = 32
+# What secrets.token_urlsafe(TOKEN_BYTES) makes: 43 characters of base64url.
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def _hash(token: str) -> str:
@@ -54,12 +64,15 @@ class Sessions:
     def _key(self, token_hash: str) -> str:
         return f"{self._prefix}session:{token_hash}"
 
+    def _issued_key(self, token_hash: str) -> str:
+        return f"{self._prefix}session-issued:{token_hash}"
+
     def _user_key(self, user_id: str) -> str:
         return f"{self._prefix}user-sessions:{user_id}"
 
     async def start(self, user_id: str, role: str) -> tuple[str, float]:
         """A new token (256 random bits) and its absolute expiry as a Unix time."""
-        token = secrets.token_urlsafe(32)
+        token = secrets.token_urlsafe(TOKEN_BYTES)
         token_hash = _hash(token)
         expires_at = time.time() + self.absolute_seconds
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -67,6 +80,7 @@ class Sessions:
                 "user_id": user_id, "role": role, "expires_at": repr(expires_at),
                 "idle_seconds": self.idle_seconds})
             pipe.expire(self._key(token_hash), min(self.idle_seconds, self.absolute_seconds))
+            pipe.set(self._issued_key(token_hash), 1, ex=2 * self.absolute_seconds)
             pipe.sadd(self._user_key(user_id), token_hash)
             pipe.expire(self._user_key(user_id), self.absolute_seconds)
             await pipe.execute()
@@ -80,6 +94,13 @@ class Sessions:
             return None
         user_id, role = found
         return SessionInfo(user_id.decode(), role.decode(), token_hash)
+
+    async def was_issued(self, token: str) -> bool:
+        """Whether this service issued the token (live, expired or ended), as far as it
+        remembers; one that is not even shaped like a token is not looked up."""
+        if not _TOKEN_SHAPE.fullmatch(token):
+            return False
+        return bool(await self._redis.exists(self._issued_key(_hash(token))))
 
     async def end(self, session: SessionInfo) -> int:
         async with self._redis.pipeline(transaction=True) as pipe:

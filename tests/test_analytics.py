@@ -48,7 +48,7 @@ class ServerQueries:
             contract.TIMESERIES: (contract.Timeseries, h.timeseries),
             contract.TOP_PRODUCTS: (contract.TopProducts, h.top_products),
             contract.FUNNEL: (contract.Funnel, h.funnel),
-            contract.INVENTORY: (contract.Inventory, h.inventory),
+            contract.INVENTORY: (contract.InventoryQuery, h.inventory),
             contract.USERS: (contract.Users, h.users),
         }[subject]
         kwargs = {"ingest": _NoIngest()} if subject == contract.SUMMARY else {}

@@ -8,10 +8,14 @@ from urllib.parse import unquote
 import pytest
 from pydantic import BaseModel
 
+from contracts.base import MAX_REQUEST_BYTES
 from contracts.errors import ErrorReply
 from contracts.events import EVENT_TYPES, Event
+from contracts.orders import CREATE as ORDERS_CREATE
+from contracts.orders import IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY
 from handlers import HANDLER_SETS
-from runtime.tools.asyncapi import build_document, render
+from handlers.deps import Admin, CurrentUser, OptionalUser
+from runtime.tools.asyncapi import build_document, render, request_name
 
 pytestmark = pytest.mark.fast
 
@@ -99,3 +103,60 @@ def test_error_reply_documents_its_body_and_nats_micro_headers(doc):
     headers = message["headers"]["properties"]
     assert set(message["headers"]["required"]) == {"Nats-Service-Error", "Nats-Service-Error-Code"}
     assert {"400", "401", "404", "422", "500"} <= set(headers["Nats-Service-Error-Code"]["enum"])
+
+
+def request_message(doc: dict[str, Any], subject: str) -> dict[str, Any]:
+    operation = next(op for op in doc["operations"].values()
+                     if resolve(doc, op["channel"]).get("address") == subject)
+    (message,) = operation["messages"]
+    return resolve(doc, message)
+
+
+def test_every_message_has_a_name_of_its_own_and_is_listed_under_it(doc):
+    names = [m.get("name") for m in doc["components"]["messages"].values()]
+    listed = {(key, resolve(doc, message)["name"])
+              for channel in doc["channels"].values()
+              for key, message in channel["messages"].items()}
+
+    assert None not in names
+    assert len(names) == len(set(names))
+    assert {key for key, name in listed if key != name} == set()
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.subject)
+def test_every_request_states_the_limits_and_the_authorization_it_needs(doc, endpoint):
+    hints = get_type_hints(endpoint.handler, include_extras=True).values()
+    signed_in = any(hint in (CurrentUser, Admin) for hint in hints)
+
+    message = request_message(doc, endpoint.subject)
+
+    assert message["name"] == request_name(endpoint.subject)
+    assert f"{MAX_REQUEST_BYTES:,} bytes" in message["description"]
+    headers = message.get("headers", {"properties": {}})
+    assert ("Authorization" in headers.get("required", [])) == signed_in
+    if signed_in or any(hint == OptionalUser for hint in hints):
+        assert "Authorization" in headers["properties"]
+
+
+def test_orders_create_declares_its_idempotency_key_and_the_document_its_limits(doc):
+    headers = request_message(doc, ORDERS_CREATE)["headers"]
+
+    assert headers["properties"][IDEMPOTENCY_HEADER]["maxLength"] == MAX_IDEMPOTENCY_KEY
+    assert f"{MAX_REQUEST_BYTES:,} bytes" in doc["info"]["description"]
+    assert "413" in doc["components"]["messages"]["ErrorReply"]["headers"]["properties"][
+        "Nats-Service-Error-Code"]["enum"]
+
+
+def test_every_bound_is_written_as_json_schema_states_it(doc):
+    """pydantic writes a bound it cannot place on the type (one set beside a validator) under
+    its own name ("gt", "le"): enforced, but no client reads it."""
+    found, todo = [], [("", doc)]
+    while todo:
+        path, node = todo.pop()
+        if isinstance(node, dict):
+            found += [f"{path}/{k}" for k in node if k in {"gt", "ge", "lt", "le", "max_digits"}]
+            todo += [(f"{path}/{k}", v) for k, v in node.items()]
+        elif isinstance(node, list):
+            todo += [(path, v) for v in node]
+
+    assert found == []

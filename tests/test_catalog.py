@@ -373,7 +373,7 @@ async def test_bad_list_requests_name_their_fields(client, request_body, fields)
 # --- Inventory and quotes ---------------------------------------------------------------------
 
 async def test_adjusting_stock_changes_on_hand_and_emits_events(admin, client):
-    product = await create(admin, stock=8, low_stock_threshold=5)
+    product = await create(admin, stock=8, **{"lowStockThreshold": 5})
     pid = product["productId"]
 
     added = await admin.call(INVENTORY_ADJUST, {"productId": pid, "delta": 2, "reason": "count"})

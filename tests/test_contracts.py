@@ -5,9 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from support import ENVELOPE, LIFECYCLE, check_event
 
 from contracts import events
+from contracts.base import MAX_REQUEST_DEPTH
+from contracts.catalog import ListProducts
 
 pytestmark = pytest.mark.fast
 
@@ -64,3 +67,16 @@ def test_the_asyncapi_document_lists_each_lifecycle_event(subject):
     assert channel["address"] == subject
     assert name in channel["messages"]
     assert set(properties) == set(ENVELOPE) | set(fields)
+
+
+def test_the_request_depth_limit_is_the_one_the_parser_keeps():
+    def parse(depth: int) -> str:
+        body = '{"q": ' + "[" * depth + "]" * depth + "}"
+        try:
+            ListProducts.model_validate_json(body, strict=True)
+        except ValidationError as exc:
+            return exc.errors()[0]["type"]
+        return "ok"
+
+    assert parse(MAX_REQUEST_DEPTH) == "string_type"
+    assert parse(MAX_REQUEST_DEPTH + 1) == "json_invalid"

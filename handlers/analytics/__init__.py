@@ -30,7 +30,7 @@ from contracts.analytics import (
     Funnel,
     FunnelReply,
     IngestStatus,
-    Inventory,
+    InventoryQuery,
     InventoryReply,
     Metric,
     Point,
@@ -203,7 +203,7 @@ async def funnel(req: Funnel, admin: Admin, store: Store) -> FunnelReply:
 
 
 @analytics.request(INVENTORY)
-async def inventory(req: Inventory, admin: Admin, store: Store) -> InventoryReply:
+async def inventory(req: InventoryQuery, admin: Admin, store: Store) -> InventoryReply:
     """Stock levels, movement in the window, and the products running low."""
     products = await store.stock(req.start, req.end, req.limit)
     low = await store.low_stock(req.start, req.end, req.low_stock_threshold, req.limit)

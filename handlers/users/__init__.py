@@ -48,14 +48,19 @@ async def register(req: Register, db: Db) -> User:
 
 @users.request(LOGIN)
 async def login(req: Login, db: Db, sessions: SessionStore, limits: LoginLimits) -> Session:
-    """Signs in and returns a session token. Unknown email and wrong password get the same 401."""
-    if (wait := await limits.attempt(req.email)) is not None:
-        raise TooManyRequests(f"too many sign-in attempts; try again in {math.ceil(wait)} s")
+    """Signs in and returns a session token (and a device token for the next sign-in). Unknown
+    email and wrong password get the same 401; failed attempts are limited (storage.ratelimits)."""
+    attempt = await limits.begin(req.email, req.device_token)
+    if attempt.wait is not None:
+        raise TooManyRequests(
+            f"too many failed sign-in attempts; try again in {math.ceil(attempt.wait)} s")
     found = await accounts.credentials(db, req.email)
     matches, needs_rehash = await verify_password(found[1] if found else None, req.password)
     if found is None or not matches:
+        await limits.failed(attempt)
         raise Unauthorized("the email or password is incorrect", code="invalid_credentials")
     user = found[0]
+    device_token = await limits.succeeded(attempt)
     token, expires_at = await sessions.start(user.user_id, user.role)
     async with db.transaction():
         if needs_rehash:
@@ -63,7 +68,7 @@ async def login(req: Login, db: Db, sessions: SessionStore, limits: LoginLimits)
         await outbox.add(db, "users", UserLoggedIn(user_id=user.user_id))
     return Session(
         token=token, user_id=user.user_id, role=user.role,
-        expires_at=datetime.fromtimestamp(expires_at, UTC),
+        expires_at=datetime.fromtimestamp(expires_at, UTC), device_token=device_token,
     )
 
 

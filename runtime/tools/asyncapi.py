@@ -6,6 +6,9 @@ below FastStream: runtime.consumers). This module adds a `reply` to every reques
 (the handler's return model, or the error reply), a channel with a send operation for every
 event, and a receive operation for every subject each durable consumer takes. Reply and event
 schemas are the serialization form: camelCase, every field present, as a client receives them.
+Every message has a name of its own (a request is named after its subject, a reply or an event
+after its model), under which the channels list it too, so code generators make one type per
+message; a request message declares the headers it reads and the request limits.
 
 `python -m runtime.tools.asyncapi [out_dir]` (or `atlantic docs`) writes docs/asyncapi.json
 and .yaml.
@@ -26,14 +29,26 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
 import contracts
+from contracts.base import MAX_REQUEST_BYTES, MAX_REQUEST_DEPTH
 from contracts.errors import AtlanticError, ErrorReply
 from contracts.events import EVENT_TYPES, STREAM, Event
+from contracts.orders import CREATE as ORDERS_CREATE
+from contracts.orders import IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY
 from handlers import HANDLER_SETS
+from handlers.deps import Admin, CurrentUser, OptionalUser
 from handlers.handler_set import Endpoint, EventConsumer, HandlerSet
 from runtime.app import document_broker
 
 JSON_FILE = "asyncapi.json"
 YAML_FILE = "asyncapi.yaml"
+
+LIMITS = (
+    f"A request body is JSON of at most {MAX_REQUEST_BYTES:,} bytes (larger: 413 "
+    f"payload_too_large) nesting at most {MAX_REQUEST_DEPTH} arrays and objects inside its outer "
+    "object (deeper: 400 too_deep). It is read exactly as its schema says: the camelCase field "
+    "names only, no other fields, no value of another JSON type (true or \"2\" is no integer), "
+    "and no control characters in text but tab and line breaks (422 validation_failed)."
+)
 
 INTRO = """\
 Atlantic: a real-time e-commerce backend with live analytics, on NATS.
@@ -42,6 +57,8 @@ Queries and commands are NATS request-reply; requests that need a user carry the
 `Authorization: Bearer <token>`. Every request gets a reply: the operation's reply message, or \
 the error reply with the headers `Nats-Service-Error` and `Nats-Service-Error-Code`. Events are \
 published to the JetStream stream {stream} with their eventId as `Nats-Msg-Id`.
+
+{limits}
 
 Handler sets:
 """
@@ -65,7 +82,7 @@ def build_document() -> dict[str, Any]:
         document_broker(sets),
         title="Atlantic",
         version=version("atlantic"),
-        description=INTRO.format(stream=STREAM)
+        description=INTRO.format(stream=STREAM, limits=LIMITS)
         + "".join(f"- {hs.name}: {hs.description}\n" for hs in sets),
         tags=[{"name": hs.name, "description": hs.description} for hs in sets],
     ).to_specification().to_jsonable()
@@ -167,32 +184,81 @@ def _error_headers() -> dict[str, Any]:
     }
 
 
+# Headers a request may carry besides Authorization, by subject.
+OPTIONAL_HEADERS = {
+    ORDERS_CREATE: {IDEMPOTENCY_HEADER: {
+        "type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY,
+        "description": "The client's key for this order: a retry with the same key and items "
+                       "replies with the order the first placed, and places no other."}},
+}
+AUTHORIZATION = {
+    "type": "string", "pattern": "^Bearer .+$",
+    "description": "`Bearer <token>`, the token of a sign-in (atlantic.users.login).",
+}
+
+
 def _patch_operations(doc: dict[str, Any], hs: HandlerSet, replies: dict[str, str]) -> None:
-    """Tags the set's operations with its name; gives each endpoint its reply and error reply."""
+    """Tags the set's operations with its name; names each endpoint's request message and gives
+    it its headers, its reply and the error reply."""
     # FastStream names a channel "<subject>:<Handler>"; the set's own subscribers say which.
     keys = {clear_key(k) for sub in hs.router().subscribers for k in sub.schema()}
+    endpoints = {e.subject: e for e in hs.endpoints}
     for operation in doc["operations"].values():
         key = next((k for k in keys if operation["channel"] == ref("channels", k)), None)
         if key is None:
             continue
         operation["tags"] = [{"name": hs.name}]
-        if (reply := replies.get(doc["channels"][key]["address"])) is not None:
-            operation["reply"] = _reply(doc, f"{key}:Reply", reply)
+        if (endpoint := endpoints.get(doc["channels"][key]["address"])) is not None:
+            _name_request(doc, key, operation, endpoint)
+            operation["reply"] = _reply(doc, f"{key}:Reply", replies[endpoint.subject])
+
+
+def request_name(subject: str) -> str:
+    """atlantic.catalog.products.get -> CatalogProductsGetRequest."""
+    words = subject.removeprefix("atlantic.").replace(".", "_").split("_")
+    return "".join(w.capitalize() for w in words) + "Request"
+
+
+def _name_request(doc: dict[str, Any], key: str, operation: dict[str, Any],
+                  endpoint: Endpoint) -> None:
+    # FastStream keys every request message "SubscribeMessage" in its channel, with no name.
+    channel = doc["channels"][key]
+    (message_ref,) = channel["messages"].values()
+    name = request_name(endpoint.subject)
+    channel["messages"] = {name: message_ref}
+    operation["messages"] = [ref("channels", key, "messages", name)]
+    message = doc["components"]["messages"][message_ref["$ref"].rsplit("/", 1)[1]]
+    message.update(name=name, title=name, description=LIMITS)
+    if headers := _request_headers(endpoint):
+        message["headers"] = headers
+
+
+def _request_headers(endpoint: Endpoint) -> dict[str, Any] | None:
+    hints = get_type_hints(endpoint.handler, include_extras=True).values()
+    properties = dict(OPTIONAL_HEADERS.get(endpoint.subject, {}))
+    required = []
+    if any(hint in (CurrentUser, Admin) for hint in hints):
+        properties["Authorization"], required = AUTHORIZATION, ["Authorization"]
+    elif any(hint == OptionalUser for hint in hints):
+        properties["Authorization"] = AUTHORIZATION | {
+            "description": AUTHORIZATION["description"] + " Optional: without it, anonymous."}
+    if not properties:
+        return None
+    return {"type": "object", "properties": properties} | ({"required": required}
+                                                          if required else {})
 
 
 def _reply(doc: dict[str, Any], key: str, message: str) -> dict[str, Any]:
     # A NATS reply goes to the inbox the requester named on the request, so no fixed address.
+    names = (message, ErrorReply.__name__)
     doc["channels"][key] = {
         "address": None,
         "description": "The requester's inbox: the reply subject of the request.",
-        "messages": {
-            "Reply": ref("components", "messages", message),
-            "ErrorReply": ref("components", "messages", ErrorReply.__name__),
-        },
+        "messages": {name: ref("components", "messages", name) for name in names},
     }
     return {
         "channel": ref("channels", key),
-        "messages": [ref("channels", key, "messages", m) for m in ("Reply", "ErrorReply")],
+        "messages": [ref("channels", key, "messages", name) for name in names],
     }
 
 
