@@ -32,9 +32,13 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 async def _serve(settings: Settings, names: list[str]) -> None:
-    from runtime.app import build_app
+    from runtime.app import NatsUnreachable, build_app
+    from runtime.streams import StreamRefused
 
-    await build_app(settings, names).run()
+    try:
+        await build_app(settings, names).run()
+    except (NatsUnreachable, StreamRefused) as exc:
+        raise _fail(str(exc), 3) from None
 
 
 @cli.command()
@@ -72,7 +76,7 @@ async def _call(settings: Settings, subject: str, payload: object, token: str | 
                 timeout: float) -> int:
     from runtime.tools.client import AtlanticClient
 
-    client = await AtlanticClient.connect(settings.nats_url, token)
+    client = await AtlanticClient.connect(settings.nats_servers, token)
     try:
         reply = await client.call(subject, payload, timeout=timeout)
     finally:
@@ -281,8 +285,8 @@ async def _up(settings: Settings) -> None:
     if problems:
         raise _fail("\n".join(problems))
     nats_server = None
-    if not answers(settings.nats_url, 4222):
-        host, port = host_port(settings.nats_url, 4222)
+    if not answers(settings.nats_servers[0], 4222):
+        host, port = host_port(settings.nats_servers[0], 4222)
         nats_server = NatsServer(port, Path(settings.data_dir) / "nats", host).start()
         typer.echo(f"started nats-server with JetStream on {nats_server.url}")
     try:

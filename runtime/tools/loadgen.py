@@ -410,7 +410,7 @@ class LoadGen:
 
 
 async def run_loadgen(config: LoadConfig, console: Console | None = None) -> Report:
-    nc = await nats.connect(config.nats_url, name="atlantic-loadgen", connect_timeout=5,
+    nc = await nats.connect(config.nats_url.split(","), name="atlantic-loadgen", connect_timeout=5,
                             max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         gen = LoadGen(config, nc)
