@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -46,23 +47,34 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    """A nats-server child process with JetStream and its own store; can be killed and restarted."""
+    """A nats-server child process with JetStream and its own store; can be killed and restarted.
+    With `routes`, a node of a JetStream cluster (`cluster` below starts one)."""
 
-    def __init__(self, port: int, store_dir: Path, host: str = "127.0.0.1"):
+    def __init__(self, port: int, store_dir: Path, host: str = "127.0.0.1", *,
+                 name: str | None = None, cluster_port: int | None = None,
+                 routes: Sequence[str] = ()):
         self.host, self.port, self.store_dir = host, port, store_dir
+        self.name, self.cluster_port, self.routes = name, cluster_port, list(routes)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    def command(self) -> list[str]:
+        command = [nats_server_binary(), "-a", self.host, "-p", str(self.port), "-js",
+                   "-sd", str(self.store_dir)]
+        if self.cluster_port is not None:
+            command += ["--server_name", self.name or f"n{self.port}",
+                        "--cluster_name", "atlantic",
+                        "--cluster", f"nats://{self.host}:{self.cluster_port}",
+                        "--routes", ",".join(self.routes)]
+        return command
+
     def start(self) -> "NatsServer":
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [nats_server_binary(), "-a", self.host, "-p", str(self.port), "-js",
-             "-sd", str(self.store_dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not wait_until_answers(self.url, 4222, 10):
             self.stop()
             raise RuntimeError(f"nats-server did not start on {self.url}")
@@ -81,6 +93,18 @@ class NatsServer:
     def restart(self, *, kill: bool = False) -> None:
         self.stop(kill=kill)
         self.start()
+
+
+def cluster(size: int, store_root: Path, host: str = "127.0.0.1") -> list[NatsServer]:
+    """`size` JetStream nodes routed to each other on loopback, started; the client URL of the
+    cluster is their URLs joined by commas (ATLANTIC_NATS_URL)."""
+    cluster_ports = [free_port() for _ in range(size)]
+    routes = [f"nats://{host}:{port}" for port in cluster_ports]
+    nodes = [NatsServer(free_port(), store_root / f"n{n}", host, name=f"n{n}",
+                        cluster_port=cluster_ports[n], routes=routes) for n in range(size)]
+    for node in nodes:
+        node.start()
+    return nodes
 
 
 def free_port() -> int:
