@@ -23,6 +23,7 @@ async def test_the_stream_leader_killed_under_load_loses_nothing_and_fails_nobod
     base = settings.model_copy(update={"admin_email": unique_email("cluster-admin"),
                                        "admin_password": TEST_PASSWORD})
     async with open_world(base, f"cluster_{RUN_ID}", nodes=3) as world:
+        await _stream_of_one_replica(world.settings)  # as a system that grew would have it
         await world.serve(["users", "catalog", "orders", "analytics"], key="a")
         await world.serve(["catalog", "orders", "payments"], key="b")
         nc = await nats.connect(world.settings.nats_servers, max_reconnect_attempts=-1,
@@ -51,12 +52,21 @@ async def test_the_stream_leader_killed_under_load_loses_nothing_and_fails_nobod
         finally:
             await nc.close()
 
+    # serve updated the stream of one replica to three
     assert info.config.num_replicas == 3 and len(info.cluster.replicas) == 2
     assert instances == {"catalog": 2, "orders": 2}  # $SRV.PING answered by each replica
     assert report.passed, report.problems
     assert len(report.orders) > placed_while_down
     errors = {kind: report.latencies.errors[kind] for kind in IDEMPOTENT}
     assert errors == dict.fromkeys(IDEMPOTENT, 0), errors
+
+
+async def _stream_of_one_replica(settings) -> None:
+    nc = await nats.connect(settings.nats_servers)
+    try:
+        await ensure_stream(nc.jetstream(), settings.model_copy(update={"stream_replicas": 1}))
+    finally:
+        await nc.close()
 
 
 async def _placed(gen: LoadGen, count: int) -> bool:
@@ -71,7 +81,8 @@ async def _led_by_another(js, old: str) -> bool:
     return leader is not None and leader != old
 
 
-async def test_more_replicas_than_servers_is_refused_with_a_clear_error(settings, nats_server):
+async def test_more_replicas_than_servers_is_refused_with_a_clear_error(system, settings,
+                                                                         nats_server):
     nc = await nats.connect(nats_server.url)
     try:
         with pytest.raises(StreamRefused, match="ATLANTIC_STREAM_REPLICAS"):
