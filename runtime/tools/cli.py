@@ -206,7 +206,8 @@ def bench(
     ] = "25,50,100,200,400",
     topologies: Annotated[str, typer.Option(
         help="saga: comma-separated, of one (every set in one process, as `atlantic up`), "
-             "per-set, replicas (two per set)")] = "one,per-set,replicas",
+             "per-set, replicas (two per set), r3 (one, on a three-node NATS cluster, "
+             "stream R3)")] = "one,per-set,replicas",
     callers: Annotated[int, typer.Option(
         help="saga: closed-loop callers for peak throughput (one order in the saga each); "
              "0: none")] = 64,
