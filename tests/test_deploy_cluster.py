@@ -5,8 +5,11 @@ import os
 import subprocess
 from urllib.parse import urlsplit
 
+import pytest
 import yaml
 from test_deploy import HANDLER_SETS, PASSWORD_ENV, ROOT, _nats_server
+
+pytestmark = pytest.mark.fast
 
 CLUSTER_COMPOSE = ROOT / "compose.cluster.yaml"
 CLUSTER_CONF = ROOT / "deploy" / "nats-cluster.conf"

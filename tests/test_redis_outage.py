@@ -10,12 +10,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import RUN_ID, TEST_PASSWORD, eventually, sign_up, unique_email
+from support import RUN_ID, TEST_PASSWORD, eventually, sign_up, unique_email
 
 from runtime.app import build_app
-from runtime.cli import ensure_admin
-from runtime.client import AtlanticClient
-from runtime.services import NatsServer, free_port, wait_until_answers
+from runtime.tools.bootstrap import ensure_admin
+from runtime.tools.client import AtlanticClient
+from runtime.tools.services import NatsServer, free_port, wait_until_answers
 from storage.postgres import drop_database
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
