@@ -102,7 +102,9 @@ class Passwords:
         return {password_variable(user): pw for user, pw in self.by_user.items()}
 
     def url(self, base_url: str, user: str) -> str:
-        return with_user(base_url, user, self.by_user[user])
+        """base_url (one server, or a comma-separated list) with the user's credentials."""
+        return ",".join(with_user(url.strip(), user, self.by_user[user])
+                        for url in base_url.split(",") if url.strip())
 
 
 def url_for(base_url: str, data_dir: str | Path, user: str) -> str:
@@ -116,9 +118,12 @@ def url_for(base_url: str, data_dir: str | Path, user: str) -> str:
     return passwords.url(base_url, user)
 
 
-async def connect(url: str, **options) -> nats.NATS:
-    """nats.connect with the inbox prefix the URL's user is allowed to subscribe to."""
-    return await nats.connect(url, inbox_prefix=inbox_prefix(url), **options)
+async def connect(servers: str | list[str], **options) -> nats.NATS:
+    """nats.connect to one server or a list (comma-separated, as ATLANTIC_NATS_URL), with the
+    inbox prefix the (first) URL's user is allowed to subscribe to."""
+    if isinstance(servers, str):
+        servers = [url.strip() for url in servers.split(",") if url.strip()]
+    return await nats.connect(servers, inbox_prefix=inbox_prefix(servers[0]), **options)
 
 
 PROBE_SUBJECT = "atlantic.events.security.anonymous_probe"

@@ -27,8 +27,9 @@ from runtime.relay import OutboxRelay
 from runtime.requests import RequestServer
 from runtime.settings import Settings
 from runtime.streams import ensure_stream
+from storage import redis_client
 from storage.migrations import apply_migrations
-from storage.postgres import open_pool
+from storage.postgres import create_database, open_pool
 from storage.ratelimits import LoginLimiter
 from storage.sessions import Sessions
 
@@ -37,6 +38,22 @@ log = logging.getLogger("atlantic")
 
 class UnknownHandlerSet(ValueError):
     pass
+
+
+class NatsUnreachable(RuntimeError):
+    pass
+
+
+async def connect_broker(broker: NatsBroker, settings: Settings) -> None:
+    """nats-py keeps retrying unreachable servers at start-up for minutes, saying nothing (its
+    reconnect policy applies to the first connect too): a deadline turns that into an error."""
+    try:
+        async with asyncio.timeout(settings.nats_connect_timeout_seconds):
+            await broker.connect()
+    except TimeoutError:
+        raise NatsUnreachable(
+            f"no NATS server answered at {', '.join(settings.nats_servers)} within "
+            f"{settings.nats_connect_timeout_seconds:g} s (ATLANTIC_NATS_URL)") from None
 
 
 def select_sets(names: Iterable[str]) -> list[HandlerSet]:
@@ -68,11 +85,13 @@ class AppResources:
 
     async def open(self) -> None:
         s = self.settings
+        if await create_database(s.postgres_dsn):
+            log.info("created the database %s", s.postgres_dsn.rsplit("/", 1)[-1])
         await asyncio.to_thread(apply_migrations, s.postgres_dsn)
-        await self.broker.connect()
+        await connect_broker(self.broker, s)
         await ensure_stream(self.broker.connection.jetstream(), s)
         self.pool = await open_pool(s.postgres_dsn, s.postgres_pool_size)
-        self.redis = Redis.from_url(s.redis_url)
+        self.redis = redis_client.connect(s.redis_url)
         context = self.app.context
         context.set_global("broker", self.broker)  # FastStream sets it only for its subscribers
         context.set_global("settings", s)
@@ -144,8 +163,9 @@ def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> Fas
     # The broker holds the connection; requests and events are served below it
     # (runtime.requests, runtime.consumers), so it has no subscribers of its own.
     broker = NatsBroker(
-        settings.nats_url,
+        settings.nats_servers,
         inbox_prefix=settings.nats_inbox_prefix,
+        max_reconnect_attempts=-1,  # once up, wait out any outage: a cluster node comes back
         name=f"atlantic[{','.join(hs.name for hs in sets)}]",
         apply_types=False,
         graceful_timeout=settings.graceful_timeout_seconds,

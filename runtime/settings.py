@@ -12,7 +12,9 @@ from runtime.accounts import inbox_prefix
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ATLANTIC_", env_file=".env", extra="ignore")
 
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str = "nats://127.0.0.1:4222"  # one server, or a cluster's: comma-separated
+    # How long start-up waits for a NATS server to answer before it fails with a clear error.
+    nats_connect_timeout_seconds: float = Field(10.0, gt=0)
     postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/atlantic"
     postgres_pool_size: int = Field(10, ge=1, le=200)
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -36,6 +38,9 @@ class Settings(BaseSettings):
     stream_duplicate_window_seconds: int = Field(2 * 60 * 60, ge=60)
     stream_max_bytes: int = Field(10 * 1024**3, ge=1024**2)
     stream_max_age_days: int = Field(30, ge=1)
+    # Copies of the stream on a NATS cluster: 1, or 3 on three servers (an acknowledged event is
+    # then on two of them, and survives losing any one server).
+    stream_replicas: int = Field(1, ge=1, le=5)
 
     # Catalog: how long an order's stock is held waiting for its payment, how often expired
     # holds are swept, and the product cache (entries live briefly, so a missed invalidation
@@ -78,6 +83,10 @@ class Settings(BaseSettings):
     event_batch_linger_seconds: float = Field(0.02, ge=0, le=1)
     event_ack_wait_seconds: float = Field(10.0, ge=1, le=12)
 
+    # A request that publishes (analytics.track) retries through a stream leader election this
+    # long, with the same message ids, before it answers 503; below clients' timeouts.
+    publish_retry_seconds: float = Field(8.0, gt=0)
+
     request_workers: int = Field(32, ge=1, le=1024)
     graceful_timeout_seconds: float = Field(15.0, ge=0)
 
@@ -92,7 +101,11 @@ class Settings(BaseSettings):
     @property
     def nats_inbox_prefix(self) -> str:
         """Where this process's NATS replies come: the only inbox its NATS user may read."""
-        return inbox_prefix(self.nats_url)
+        return inbox_prefix(self.nats_servers[0]) if self.nats_servers else inbox_prefix("")
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
 
     @cached_property
     def handler_sets(self) -> list[str]:

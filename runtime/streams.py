@@ -1,12 +1,20 @@
-"""The ATLANTIC stream, declared in exactly one place."""
+"""The ATLANTIC stream, declared in exactly one place.
+
+With `stream_replicas` 3 on a three-node cluster, JetStream acknowledges a publish only once a
+majority of the replicas (two of three) has stored it, and consumers (their replicas follow the
+stream's) ack the same way, so an acknowledged event survives losing any one server. Every
+publisher here waits for that acknowledgement (no fire-and-forget publishes of events).
+"""
 
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from contracts.events import ALL_EVENTS, STREAM
+from handlers.jetstream import leaderless
 from runtime.settings import Settings
 
 MAX_EVENT_BYTES = 256 * 1024
@@ -20,6 +28,10 @@ class _StreamConfig(StreamConfig):
     """nats-py 2.14's StreamConfig lacks the consumer limits of nats-server 2.10+."""
 
     consumer_limits: dict[str, int] | None = None
+
+
+class StreamRefused(RuntimeError):
+    pass
 
 
 def stream_config(settings: Settings) -> StreamConfig:
@@ -39,14 +51,35 @@ def stream_config(settings: Settings) -> StreamConfig:
         # starts again from the oldest event kept), and none may hold more unacked events.
         consumer_limits={"inactive_threshold": max_age * 1_000_000_000,
                          "max_ack_pending": MAX_CONSUMER_ACK_PENDING},
+        num_replicas=settings.stream_replicas,
     )
 
 
 async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
-    config = stream_config(settings)
+    """Creates the stream, or updates it to these settings (NATS moves an existing stream to a
+    new replica count itself; what it refuses, such as more replicas than servers, is an error
+    at start-up that says so). A cluster that is still electing its JetStream leader is waited
+    for, up to the connect timeout."""
+    async for attempt in AsyncRetrying(
+            stop=stop_after_delay(settings.nats_connect_timeout_seconds),
+            wait=wait_exponential(multiplier=0.1, max=1), retry=retry_if_exception(leaderless),
+            reraise=True):
+        with attempt:
+            await _declare(js, stream_config(settings))
+
+
+async def _declare(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.stream_info(STREAM)
+        declare = js.update_stream
     except NotFoundError:
-        await js.add_stream(config)
-    else:
-        await js.update_stream(config)
+        declare = js.add_stream
+    try:
+        await declare(config)
+    except APIError as exc:
+        if leaderless(exc):
+            raise
+        raise StreamRefused(
+            f"NATS refused the {STREAM} stream with {config.num_replicas} replica(s): "
+            f"{exc.description} (ATLANTIC_STREAM_REPLICAS needs a cluster of at least that many "
+            "servers)") from exc

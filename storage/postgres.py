@@ -5,6 +5,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from storage.migrations import LOCK_KEY
+
 
 class _PooledConnection(asyncpg.Connection):
     """Pooled connections carry no session state (no LISTEN, advisory lock, SET or open cursor:
@@ -46,19 +48,29 @@ def _split_database(dsn: str) -> tuple[str, str]:
 
 
 async def create_database(dsn: str) -> bool:
-    """Creates the database the DSN names when it does not exist; True when it did so."""
+    """Creates the database the DSN names when it does not exist; True when it did so.
+
+    A database that answers is left alone without touching the maintenance database (a managed
+    server may not open that to us). Creating it holds the migrations' advisory lock there, so
+    replicas starting together wait for the one that creates it."""
+    try:
+        await (await asyncpg.connect(dsn)).close()
+        return False
+    except asyncpg.InvalidCatalogNameError:
+        pass
     name, admin_dsn = _split_database(dsn)
     conn = await asyncpg.connect(admin_dsn)
     try:
+        await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
         if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             return False
         try:
             await conn.execute(f'CREATE DATABASE "{name}"')
-        except asyncpg.DuplicateDatabaseError:  # another replica won the race
+        except asyncpg.DuplicateDatabaseError:  # created by something not taking the lock
             return False
         return True
     finally:
-        await conn.close()
+        await conn.close()  # releases the lock
 
 
 async def drop_database(dsn: str) -> None:

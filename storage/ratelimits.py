@@ -22,6 +22,8 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
 
+from storage import redis_client
+
 DEVICE_TOKEN_BYTES = 32
 DEVICE_SECONDS = 90 * 24 * 60 * 60  # a device stays known this long after its last sign-in
 
@@ -37,13 +39,12 @@ class LoginAttempt:
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
-
 class LoginLimiter:
     def __init__(self, redis: Redis, redis_url: str, prefix: str, *, attempts: int,
                  window_seconds: int, global_failures: int):
         storage = RedisStorage(
-            f"async+{redis_url}", implementation="redispy", key_prefix=f"{prefix}limits"
-        )
+            f"async+{redis_url}", implementation="redispy", key_prefix=f"{prefix}limits",
+            **redis_client.OPTIONS)
         self._redis = redis
         self._prefix = prefix
         self._limiter = MovingWindowRateLimiter(storage)
@@ -65,26 +66,31 @@ class LoginLimiter:
 
     async def begin(self, email: str, device_token: str | None) -> LoginAttempt:
         """Charges one attempt to the device (when known for this email) or to the account."""
-        if await self._known_device(email, device_token):
-            counter = ("login-device", _hash(device_token or ""))
-        else:
-            device_token, counter = None, ("login", email)
-            if not await self._limiter.test(self._global, "login-failures"):
-                wait = await self._wait(self._global, "login-failures")
-                return LoginAttempt(email, counter, None, wait)
-        if await self._limiter.hit(self._item, *counter):
-            return LoginAttempt(email, counter, device_token, None)
-        return LoginAttempt(email, counter, device_token, await self._wait(self._item, *counter))
+        with redis_client.required("sign-in limits"):
+            if await self._known_device(email, device_token):
+                counter = ("login-device", _hash(device_token or ""))
+            else:
+                device_token, counter = None, ("login", email)
+                if not await self._limiter.test(self._global, "login-failures"):
+                    wait = await self._wait(self._global, "login-failures")
+                    return LoginAttempt(email, counter, None, wait)
+            if await self._limiter.hit(self._item, *counter):
+                return LoginAttempt(email, counter, device_token, None)
+            wait = await self._wait(self._item, *counter)
+            return LoginAttempt(email, counter, device_token, wait)
 
     async def failed(self, attempt: LoginAttempt) -> None:
         """A wrong password: it stays charged; from an unknown client, it counts globally too."""
-        if attempt.device_token is None:
-            await self._limiter.hit(self._global, "login-failures")
+        with redis_client.required("sign-in limits"):
+            if attempt.device_token is None:
+                await self._limiter.hit(self._global, "login-failures")
 
     async def succeeded(self, attempt: LoginAttempt) -> str:
         """The right password: the counter is cleared, and the device token to send next time
         (the client's own, renewed, or a new one)."""
-        await self._limiter.clear(self._item, *attempt.counter)
-        device_token = attempt.device_token or secrets.token_urlsafe(DEVICE_TOKEN_BYTES)
-        await self._redis.set(self._device_key(device_token), attempt.email, ex=DEVICE_SECONDS)
-        return device_token
+        with redis_client.required("sign-in limits"):
+            await self._limiter.clear(self._item, *attempt.counter)
+            device_token = attempt.device_token or secrets.token_urlsafe(DEVICE_TOKEN_BYTES)
+            await self._redis.set(self._device_key(device_token), attempt.email,
+                                  ex=DEVICE_SECONDS)
+            return device_token

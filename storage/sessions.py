@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from storage.redis_client import required
+
 
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
@@ -75,21 +77,23 @@ class Sessions:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         token_hash = _hash(token)
         expires_at = time.time() + self.absolute_seconds
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key(token_hash), mapping={
-                "user_id": user_id, "role": role, "expires_at": repr(expires_at),
-                "idle_seconds": self.idle_seconds})
-            pipe.expire(self._key(token_hash), min(self.idle_seconds, self.absolute_seconds))
-            pipe.set(self._issued_key(token_hash), 1, ex=2 * self.absolute_seconds)
-            pipe.sadd(self._user_key(user_id), token_hash)
-            pipe.expire(self._user_key(user_id), self.absolute_seconds)
-            await pipe.execute()
+        with required("sessions"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._key(token_hash), mapping={
+                    "user_id": user_id, "role": role, "expires_at": repr(expires_at),
+                    "idle_seconds": self.idle_seconds})
+                pipe.expire(self._key(token_hash), min(self.idle_seconds, self.absolute_seconds))
+                pipe.set(self._issued_key(token_hash), 1, ex=2 * self.absolute_seconds)
+                pipe.sadd(self._user_key(user_id), token_hash)
+                pipe.expire(self._user_key(user_id), self.absolute_seconds)
+                await pipe.execute()
         return token, expires_at
 
     async def resolve(self, token: str) -> SessionInfo | None:
         """The live session behind a token, renewing its idle expiry; None when there is none."""
         token_hash = _hash(token)
-        found = await self._resolve(keys=[self._key(token_hash)], args=[repr(time.time())])
+        with required("sessions"):
+            found = await self._resolve(keys=[self._key(token_hash)], args=[repr(time.time())])
         if not found:
             return None
         user_id, role = found
@@ -100,21 +104,24 @@ class Sessions:
         remembers; one that is not even shaped like a token is not looked up."""
         if not _TOKEN_SHAPE.fullmatch(token):
             return False
-        return bool(await self._redis.exists(self._issued_key(_hash(token))))
+        with required("sessions"):
+            return bool(await self._redis.exists(self._issued_key(_hash(token))))
 
     async def end(self, session: SessionInfo) -> int:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._key(session.token_hash))
-            pipe.srem(self._user_key(session.user_id), session.token_hash)
-            deleted, _ = await pipe.execute()
+        with required("sessions"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._key(session.token_hash))
+                pipe.srem(self._user_key(session.user_id), session.token_hash)
+                deleted, _ = await pipe.execute()
         return int(deleted)
 
     async def end_all(self, user_id: str) -> int:
-        token_hashes = await self._redis.smembers(self._user_key(user_id))
-        keys = [self._key(h.decode()) for h in token_hashes]
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if keys:
-                pipe.delete(*keys)
-            pipe.delete(self._user_key(user_id))
-            results = await pipe.execute()
+        with required("sessions"):
+            token_hashes = await self._redis.smembers(self._user_key(user_id))
+            keys = [self._key(h.decode()) for h in token_hashes]
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if keys:
+                    pipe.delete(*keys)
+                pipe.delete(self._user_key(user_id))
+                results = await pipe.execute()
         return int(results[0]) if keys else 0

@@ -274,3 +274,41 @@ def test_the_readme_lists_every_setting():
     missing = [f"ATLANTIC_{name.upper()}" for name in Settings.model_fields
                if f"`ATLANTIC_{name.upper()}`" not in readme]
     assert not missing, f"add these settings to the README's table: {missing}"
+
+
+async def test_serve_with_no_nats_answering_fails_with_a_clear_error(settings, database):
+    nowhere = f"nats://127.0.0.1:{free_port()},nats://127.0.0.1:{free_port()}"
+    env = cli_env(settings, ATLANTIC_NATS_URL=nowhere, ATLANTIC_NATS_CONNECT_TIMEOUT_SECONDS="1")
+
+    code, _, err = await run_cli("serve", "--handlers", "users", env=env)
+
+    assert code == 3, err
+    assert "no NATS server answered at nats://127.0.0.1:" in err
+
+
+async def test_serve_creates_its_database_and_takes_a_list_of_nats_servers(settings, own_nats):
+    """A fresh deployment: the database does not exist yet and one listed server is down."""
+    dsn = settings.postgres_dsn.replace(f"atlantic_test_{RUN_ID}",
+                                        f"atlantic_test_{RUN_ID}_serve")
+    servers = f"nats://127.0.0.1:{free_port()}, {own_nats.url}"
+    serving = await asyncio.create_subprocess_exec(
+        ATLANTIC, "serve", "--handlers", "users",
+        env=cli_env(settings, ATLANTIC_NATS_URL=servers, ATLANTIC_POSTGRES_DSN=dsn))
+    client = await AtlanticClient.connect(own_nats.url)
+    try:
+        reply = None
+        for _ in range(300):
+            reply = await client.call_or_none("atlantic.users.register", {
+                "email": unique_email("serve"), "password": TEST_PASSWORD, "name": "S"},
+                timeout=0.5)
+            if reply is not None:
+                break
+            assert serving.returncode is None, "atlantic serve exited"
+            await asyncio.sleep(0.1)
+    finally:
+        serving.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(serving.wait(), 30)
+        await client.close()
+        await drop_database(dsn)
+
+    assert reply is not None and reply.status == 200, reply

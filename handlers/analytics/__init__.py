@@ -51,10 +51,10 @@ from contracts.analytics import (
     UsersReply,
 )
 from contracts.errors import BadRequest, Unavailable
-from contracts.events import STREAM
 from handlers.analytics.ingest import Ingest
 from handlers.deps import Admin, Context, OptionalUser
 from handlers.handler_set import HandlerSet
+from handlers.jetstream import publish_until
 from storage.analytics import AnalyticsStore
 
 analytics = HandlerSet("analytics", "Behaviour tracking, and live sales, funnel, product, user"
@@ -63,6 +63,7 @@ analytics = HandlerSet("analytics", "Behaviour tracking, and live sales, funnel,
 Store = Annotated[AnalyticsStore, Context("analytics")]
 IngestLoop = Annotated[Ingest, Context("analytics_ingest")]
 JetStream = Annotated[JetStreamContext, Context("analytics_jetstream")]
+PublishRetrySeconds = Annotated[float, Context("settings.publish_retry_seconds")]
 
 CENT = Decimal("0.01")
 RATE = Decimal("0.0001")
@@ -83,8 +84,8 @@ async def storage_and_ingest(context: ContextRepo) -> AsyncIterator[None]:
                                         settings.analytics_retention_days)
     # A connection of its own: the broker drains its subscriptions on stop, and a pull
     # consumer waiting in fetch would hold that drain up.
-    nc = await nats.connect(settings.nats_url, name="atlantic[analytics-ingest]",
-                            inbox_prefix=settings.nats_inbox_prefix)
+    nc = await nats.connect(settings.nats_servers, name="atlantic[analytics-ingest]",
+                            inbox_prefix=settings.nats_inbox_prefix, max_reconnect_attempts=-1)
     js = nc.jetstream()
     ingest = Ingest(nc, store, context.get("pool"), durable=settings.analytics_consumer,
                     batch_size=settings.analytics_batch_size,
@@ -122,16 +123,17 @@ def behavior_event(tracked: TrackedEvent, actor: dict[str, str | None]) -> Behav
 
 
 @analytics.request(TRACK)
-async def track(req: Track, session: OptionalUser, js: JetStream) -> Tracked:
+async def track(req: Track, session: OptionalUser, js: JetStream,
+                retry_seconds: PublishRetrySeconds) -> Tracked:
     """Records what a shopper did (views, cart changes, searches, checkouts), up to 100 at once."""
     if session is None and req.anonymous_id is None:
         raise BadRequest("send anonymousId, or sign in", code="anonymous_id_required")
     actor = {"user_id": session.user_id if session else None, "anonymous_id": req.anonymous_id}
     events = [behavior_event(tracked, actor) for tracked in req.events]
     try:
-        for event in events:  # in order; JetStream pipelines them on one connection
-            await js.publish(event.subject, event.model_dump_json().encode(), stream=STREAM,
-                             headers={"Nats-Msg-Id": event.event_id})
+        for event in events:  # in order, each through a leader election within the deadline
+            await publish_until(js, event.subject, event.model_dump_json().encode(),
+                                event.event_id, within=retry_seconds)
     except Exception as exc:
         raise Unavailable("the event stream is unavailable; retry with the same ids") from exc
     return Tracked(accepted=len(events), event_ids=[e.event_id for e in events])

@@ -1,9 +1,12 @@
 """The orders handler set itself, the catalog client it quotes through, and shared helpers."""
 
 import json
+import time
 from typing import Annotated
 
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from contracts.catalog import QUOTE, ItemLine, Quote
 from contracts.errors import NotFound, Unavailable
@@ -25,8 +28,16 @@ Outbox = Annotated[Publisher, Context(f"outbox.{SCHEMA}")]
 async def request_quote(broker: NatsBroker, lines: list[ItemLine], timeout: float) -> Quote:
     """Current prices and availability from the catalog set (it owns them; DESIGN step 1)."""
     body = json.dumps({"items": [line.model_dump(mode="json") for line in lines]}).encode()
+    deadline = time.monotonic() + timeout
     try:
-        reply = await broker.connection.request(QUOTE, body, timeout=timeout)
+        # No responders: the catalog's replicas are moving to another NATS server (theirs
+        # went) or restarting. A quote changes nothing, so it is asked again within the time.
+        async for attempt in AsyncRetrying(
+                stop=stop_after_delay(timeout), wait=wait_exponential(multiplier=0.05, max=0.5),
+                retry=retry_if_exception_type(NoRespondersError), reraise=True):
+            with attempt:
+                reply = await broker.connection.request(
+                    QUOTE, body, timeout=max(0.01, deadline - time.monotonic()))
     except (TimeoutError, NatsError):
         raise Unavailable("the catalog did not answer; try again shortly") from None
     if (reply.headers or {}).get("Nats-Service-Error-Code"):

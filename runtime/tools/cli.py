@@ -60,9 +60,13 @@ async def _run_apps(apps: "list[FastStream]", on_started: Callable[[], None] | N
 
 
 async def _serve(settings: Settings, names: list[str]) -> None:
-    from runtime.app import build_apps
+    from runtime.app import NatsUnreachable, build_apps
+    from runtime.streams import StreamRefused
 
-    await _run_apps(build_apps(settings, names))
+    try:
+        await _run_apps(build_apps(settings, names))
+    except (NatsUnreachable, StreamRefused) as exc:
+        raise _fail(str(exc), 3) from None
 
 
 @cli.command()
@@ -232,7 +236,8 @@ def bench(
     ] = "25,50,100,200,400",
     topologies: Annotated[str, typer.Option(
         help="saga: comma-separated, of one (every set in one process, as `atlantic up`), "
-             "per-set, replicas (two per set)")] = "one,per-set,replicas",
+             "per-set, replicas (two per set), r3 (one, on a three-node NATS cluster, "
+             "stream R3)")] = "one,per-set,replicas",
     callers: Annotated[int, typer.Option(
         help="saga: closed-loop callers for peak throughput (one order in the saga each); "
              "0: none")] = 64,
@@ -316,12 +321,12 @@ async def start_or_check_nats(settings: Settings):
     from runtime.accounts import NATS_CONF, Passwords, anonymous_may_publish_events
     from runtime.tools.services import NatsServer, answers, host_port
 
-    if answers(settings.nats_url, 4222):
-        if await anonymous_may_publish_events(settings.nats_url):
-            typer.secho(ANONYMOUS_MAY_PUBLISH.format(url=settings.nats_url), fg="yellow",
-                        err=True)
+    first = settings.nats_servers[0]  # a cluster is started by its own deployment
+    if answers(first, 4222):
+        if await anonymous_may_publish_events(first):
+            typer.secho(ANONYMOUS_MAY_PUBLISH.format(url=first), fg="yellow", err=True)
         return None
-    host, port = host_port(settings.nats_url, 4222)
+    host, port = host_port(first, 4222)
     passwords = Passwords.ensure(settings.data_dir)
     server = NatsServer(port, Path(settings.data_dir) / "nats", host, config=NATS_CONF,
                         env=passwords.environment()).start()

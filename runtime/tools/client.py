@@ -36,8 +36,10 @@ class AtlanticClient:
         self.nc, self.token, self.timeout = nc, token, timeout
 
     @classmethod
-    async def connect(cls, url: str, token: str | None = None) -> "AtlanticClient":
-        return cls(await accounts.connect(url, connect_timeout=2, max_reconnect_attempts=1), token)
+    async def connect(cls, servers: str | list[str], token: str | None = None
+                      ) -> "AtlanticClient":
+        return cls(await accounts.connect(servers, connect_timeout=2, max_reconnect_attempts=1),
+                   token)
 
     def signed_in(self, token: str) -> "AtlanticClient":
         return AtlanticClient(self.nc, token, self.timeout)

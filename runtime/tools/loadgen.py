@@ -37,6 +37,7 @@ ACTIONS = {"browse": 3, "search": 2, "view": 6, "add_to_cart": 3, "checkout": 2,
 # What becomes of an order, by weight.
 FATES = {"DELIVERED": 80, "CANCELLED": 10, "RETURNED": 10}
 FINAL = {"DELIVERED", "CANCELLED", "RETURNED"}
+ATTEMPT_SECONDS = 5.0  # a request lost with a server is repeated after this
 
 
 @dataclass
@@ -130,6 +131,19 @@ class LoadGen:
         self.lat.add(kind, time.perf_counter() - began, reply.ok)
         return reply
 
+    async def call_safely(self, kind: str, client: AtlanticClient, subject: str, payload: object,
+                          headers: dict[str, str] | None = None) -> Reply | None:
+        """A request that is safe to repeat (a read, a track with its client event ids, an order
+        with its Idempotency-Key), repeated on no answer or a 5xx (a server restarting, a stream
+        leader being elected) until a final reply, as a careful client does. Timed and counted
+        as one request: an error is what the client is finally left with (a 4xx, or nothing
+        within a minute)."""
+        began = time.perf_counter()
+        reply = await until_answered(lambda: client.call_or_none(
+            subject, payload, headers=headers, timeout=ATTEMPT_SECONDS), give_up_after=60)
+        self.lat.add(kind, time.perf_counter() - began, reply is not None and reply.ok)
+        return reply
+
     async def must(self, kind: str, client: AtlanticClient, subject: str, payload: object) -> dict:
         reply = await self.call(kind, client, subject, payload)
         if reply is None or not reply.ok:
@@ -185,43 +199,45 @@ class LoadGen:
         """One shopper's visit: weighted steps until check-out or leaving."""
         shopper = self.rnd.choice(self.shoppers)
         cart: dict[str, int] = {}
-        track = "atlantic.analytics.track"
         for _ in range(30):
             action = self.rnd.choices(list(ACTIONS), list(ACTIONS.values()))[0]
             product = self.rnd.choice(self.products)
             if action == "browse":
-                await self.call("products.list", shopper, "atlantic.catalog.products.list",
-                                {"category": self.category, "limit": 20})
+                await self.call_safely("products.list", shopper, "atlantic.catalog.products.list",
+                                       {"category": self.category, "limit": 20})
             elif action == "search":
                 word = self.rnd.choice(NOUNS)
-                found = await self.call("products.list", shopper, "atlantic.catalog.products.list",
-                                        {"q": word, "limit": 10})
+                found = await self.call_safely("products.list", shopper,
+                                               "atlantic.catalog.products.list",
+                                               {"q": word, "limit": 10})
                 count = len(found.body["items"]) if found and found.ok else 0
-                await self.call("track", shopper, track, {"events": [
-                    {"type": "search", "query": word, "resultCount": count}]})
+                await self.track(shopper, {"type": "search", "query": word, "resultCount": count})
             elif action == "view":
-                await self.call("products.get", shopper, "atlantic.catalog.products.get",
-                                {"productId": product["productId"]})
-                await self.call("track", shopper, track, {"events": [
-                    {"type": "product_viewed", "productId": product["productId"]}]})
+                await self.call_safely("products.get", shopper, "atlantic.catalog.products.get",
+                                       {"productId": product["productId"]})
+                await self.track(shopper, {"type": "product_viewed",
+                                           "productId": product["productId"]})
             elif action == "add_to_cart":
                 quantity = self.rnd.randint(1, 3)
                 cart[product["productId"]] = cart.get(product["productId"], 0) + quantity
-                await self.call("track", shopper, track, {"events": [
-                    {"type": "added_to_cart", "productId": product["productId"],
-                     "quantity": quantity}]})
+                await self.track(shopper, {"type": "added_to_cart",
+                                           "productId": product["productId"], "quantity": quantity})
             elif action == "checkout" and cart:
                 await self.checkout(shopper, cart)
                 return
             elif action == "leave":
                 return
 
+    async def track(self, shopper: AtlanticClient, event: dict) -> None:
+        """A behaviour event with its own client event id, so a repeat is not counted twice."""
+        await self.call_safely("track", shopper, "atlantic.analytics.track",
+                               {"events": [event | {"clientEventId": new_id()}]})
+
     async def checkout(self, shopper: AtlanticClient, cart: dict[str, int]) -> None:
         if self.done_placing():
             return
         self.checkouts += 1
-        await self.call("track", shopper, "atlantic.analytics.track", {"events": [
-            {"type": "checkout_started", "itemCount": sum(cart.values())}]})
+        await self.track(shopper, {"type": "checkout_started", "itemCount": sum(cart.values())})
         order = await self.place(shopper, [{"productId": p, "quantity": q}
                                            for p, q in cart.items()])
         if order is None:
@@ -237,11 +253,8 @@ class LoadGen:
     async def place(self, shopper: AtlanticClient, items: list[dict]) -> dict | None:
         """orders.create with one Idempotency-Key, retried on no answer or a 5xx, so a retry
         can neither lose the order nor place it twice."""
-        key = {"Idempotency-Key": new_id()}
-        reply = await until_answered(lambda: self.call(
-            "orders.create", shopper, "atlantic.orders.create", {"items": items}, headers=key),
-            give_up_after=60)
-        # A 4xx is refused for good, and counted as an error like no answer at all.
+        reply = await self.call_safely("orders.create", shopper, "atlantic.orders.create",
+                                       {"items": items}, headers={"Idempotency-Key": new_id()})
         return reply.body if reply is not None and reply.ok else None
 
     async def shoppers_by_concurrency(self) -> None:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -53,13 +54,17 @@ class NatsServer:
 
     With a config (deploy/nats.conf) it runs that file's users and permissions, with the
     passwords it reads from `env`, on this host and port and with this store, and logs to
-    store_dir/nats-server.log (where permission violations show)."""
+    store_dir/nats-server.log (where permission violations show). With `routes`, a node of a
+    JetStream cluster (`cluster` below starts one)."""
 
     def __init__(self, port: int, store_dir: Path, host: str = "127.0.0.1", *,
-                 config: Path | None = None, env: dict[str, str] | None = None):
+                 config: Path | None = None, env: dict[str, str] | None = None,
+                 name: str | None = None, cluster_port: int | None = None,
+                 routes: Sequence[str] = ()):
         self.host, self.port, self.store_dir = host, port, store_dir
         self.config, self.env = config, env
         self.monitor_port: int | None = None  # the HTTP monitoring (/connz), with a config
+        self.name, self.cluster_port, self.routes = name, cluster_port, list(routes)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,6 +74,13 @@ class NatsServer:
     @property
     def log_path(self) -> Path:
         return self.store_dir / "nats-server.log"
+
+    def _cluster_flags(self) -> list[str]:
+        if self.cluster_port is None:
+            return []
+        return ["--server_name", self.name or f"n{self.port}", "--cluster_name", "atlantic",
+                "--cluster", f"nats://{self.host}:{self.cluster_port}",
+                "--routes", ",".join(self.routes)]
 
     def start(self) -> "NatsServer":
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -80,6 +92,7 @@ class NatsServer:
             self.monitor_port = free_port()
             command += ["-c", str(self._local_config()), "-m", str(self.monitor_port)]
             log = self.log_path.open("ab")
+        command += self._cluster_flags()
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                         env=None if self.env is None else os.environ | self.env)
         if log != subprocess.DEVNULL:
@@ -116,6 +129,18 @@ class NatsServer:
     def restart(self, *, kill: bool = False) -> None:
         self.stop(kill=kill)
         self.start()
+
+
+def cluster(size: int, store_root: Path, host: str = "127.0.0.1") -> list[NatsServer]:
+    """`size` JetStream nodes routed to each other on loopback, started; the client URL of the
+    cluster is their URLs joined by commas (ATLANTIC_NATS_URL)."""
+    cluster_ports = [free_port() for _ in range(size)]
+    routes = [f"nats://{host}:{port}" for port in cluster_ports]
+    nodes = [NatsServer(free_port(), store_root / f"n{n}", host, name=f"n{n}",
+                        cluster_port=cluster_ports[n], routes=routes) for n in range(size)]
+    for node in nodes:
+        node.start()
+    return nodes
 
 
 def free_port() -> int:

@@ -41,7 +41,11 @@ TOPOLOGIES = {
     "per-set": ("process per set", [(s, [s]) for s in SETS]),
     "replicas": ("two replicas per set", [(f"{s} {n}", [s]) for s in SETS[:-1] for n in (1, 2)]
                  + [("analytics", ["analytics"])]),
+    # "one" again, on a three-node NATS cluster with the stream on three replicas: the price
+    # of replication (the nats-server column is then the first node's).
+    "r3": ("one process, NATS cluster R3", [("all sets", SETS)]),
 }
+CLUSTERED = {"r3": 3}  # NATS nodes per topology; one unless named here
 RATES = [25.0, 50.0, 100.0, 200.0, 400.0]
 GOOD_P99 = 0.25  # seconds created→RESERVED
 HOPELESS_P99 = 5.0  # a sweep stops after a rate this far gone, or one that lost orders
@@ -280,16 +284,17 @@ def _progress(topology: str, what: str, step: Step) -> None:
 async def topology(base: Settings, short: str, plan: Plan, seconds: float,
                    rss: dict[str, float]) -> Result:
     name, layout = TOPOLOGIES[short]
-    async with open_world(base, f"bench_saga_{short.replace('-', '_')}_{os.getpid()}") as world:
+    async with open_world(base, f"bench_saga_{short.replace('-', '_')}_{os.getpid()}",
+                          nodes=CLUSTERED.get(short, 1)) as world:
         for process, sets in layout:
             await world.serve(sets, key=process)
-        nc = await nats.connect(world.settings.nats_url)
+        nc = await nats.connect(world.settings.nats_servers)
         db = await asyncpg.connect(world.settings.postgres_dsn)
         try:
             shop = Shop(world, nc, db)
             await shop.stock()
             await shop.open_loop(10, 2)  # warm: pools, caches, consumers; not reported
-            echo = await asyncio.to_thread(echo_cpu, world.settings.nats_url)
+            echo = await asyncio.to_thread(echo_cpu, world.nats.url)
             result = Result(name, [p for p, _ in layout], echo, await shop.idle(seconds),
                             callers=plan.callers)
             for rate in plan.rates:

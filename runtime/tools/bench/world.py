@@ -17,7 +17,7 @@ import nats
 from runtime.settings import Settings
 from runtime.tools.bootstrap import ensure_admin, ensure_demo_catalog
 from runtime.tools.readiness import wait_until_answering
-from runtime.tools.services import NatsServer, free_port
+from runtime.tools.services import NatsServer, cluster, free_port
 from storage.postgres import create_database, drop_database
 
 ATLANTIC = str(Path(sys.executable).parent / "atlantic")
@@ -26,7 +26,8 @@ ATLANTIC = str(Path(sys.executable).parent / "atlantic")
 @dataclass
 class World:
     settings: Settings
-    nats: NatsServer
+    nats: NatsServer  # the first of `nodes`
+    nodes: list[NatsServer]
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     admin_token: str | None = None
 
@@ -44,7 +45,7 @@ class World:
         process = subprocess.Popen(  # noqa: ASYNC220
             [ATLANTIC, "serve", "--handlers", name], env=self.env(**env))
         self.processes[key or name] = process
-        nc = await nats.connect(self.settings.nats_url)
+        nc = await nats.connect(self.settings.nats_servers)
         try:
             for handler_set in sets:
                 instances = sum(handler_set in p.args[-1].split(",")
@@ -67,16 +68,19 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def open_world(base: Settings, tag: str, *, demo: bool = False,
-                     keep: bool = False) -> AsyncIterator[World]:
-    """Servers and an admin (base.admin_email/password); start handler sets with serve()."""
+async def open_world(base: Settings, tag: str, *, demo: bool = False, keep: bool = False,
+                     nodes: int = 1) -> AsyncIterator[World]:
+    """Servers and an admin (base.admin_email/password); start handler sets with serve().
+    With `nodes` 3, NATS is a three-node cluster and the stream has three replicas."""
     root = Path(tempfile.mkdtemp(prefix=f"atlantic-{tag}-"))
-    server = NatsServer(free_port(), root / "nats").start()
+    servers = (cluster(nodes, root / "nats") if nodes > 1
+               else [NatsServer(free_port(), root / "nats").start()])
     dsn = base.postgres_dsn.rsplit("/", 1)[0] + f"/atlantic_{tag}"
     settings = base.model_copy(update={
-        "nats_url": server.url, "postgres_dsn": dsn, "redis_prefix": f"atlantic-{tag}:",
+        "nats_url": ",".join(s.url for s in servers), "stream_replicas": min(nodes, 3),
+        "postgres_dsn": dsn, "redis_prefix": f"atlantic-{tag}:",
         "data_dir": str(root / "data")})  # the rest as deployed: the bench measures defaults
-    world = World(settings, server)
+    world = World(settings, servers[0], servers)
     try:
         await drop_database(dsn)  # a previous run killed half-way
         await create_database(dsn)
@@ -87,7 +91,8 @@ async def open_world(base: Settings, tag: str, *, demo: bool = False,
     finally:
         for name in list(world.processes):
             world.stop(name)
-        server.stop()
+        for server in servers:
+            server.stop()
         if not keep:
             await drop_database(dsn)
             shutil.rmtree(root, ignore_errors=True)
