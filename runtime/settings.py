@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     event_batch_linger_seconds: float = Field(0.02, ge=0, le=1)
     event_ack_wait_seconds: float = Field(10.0, ge=1, le=12)
 
+    # The web set: the live dashboard's HTTP address (port 0: any free port), and the currency
+    # its money is shown in (ISO 4217).
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(8000, ge=0, le=65535)
+    web_currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+
     request_workers: int = Field(32, ge=1, le=1024)
     graceful_timeout_seconds: float = Field(15.0, ge=0)
 

@@ -119,16 +119,17 @@ async def stop_all(world: World) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def open_world(settings: Settings, store: Path, shape: str, tag: str
-                     ) -> AsyncIterator[World]:
-    """shape: "one-process" (every set in this process) or "process-per-set"."""
+async def open_world(settings: Settings, store: Path, shape: str, tag: str,
+                     **overrides: object) -> AsyncIterator[World]:
+    """shape: "one-process" (every set in this process) or "process-per-set"; overrides: more
+    settings for the world (and the sets started in it later with start_set)."""
     nats = NatsServer(free_port(), store).start()
     dsn = settings.postgres_dsn.replace(f"atlantic_test_{RUN_ID}",
                                         f"atlantic_test_{RUN_ID}_{tag}")
     world_settings = settings.model_copy(update={
         "nats_url": nats.url, "postgres_dsn": dsn,
         "redis_prefix": f"atlantic-test-{RUN_ID}-{tag}:",
-        "sandbox_decline_above": Decimal("5000.00")})
+        "sandbox_decline_above": Decimal("5000.00"), **overrides})
     await create_database(dsn)
     admin_email = unique_email("saga-admin")
     await ensure_admin(world_settings, admin_email, TEST_PASSWORD)

@@ -266,7 +266,7 @@ From another shell:
   .venv/bin/atlantic call atlantic.users.me --token <token from login>
   .venv/bin/atlantic call atlantic.catalog.products.list '{{"q": "coffee", "limit": 5}}'
 Admin: {admin} (password from ATLANTIC_ADMIN_PASSWORD). Discovery: nats micro ls, or
-  .venv/bin/atlantic call '$SRV.INFO'
+  .venv/bin/atlantic call '$SRV.INFO'{dashboard}
 Stop with Ctrl-C.
 """
 
@@ -292,7 +292,9 @@ async def _up(settings: Settings) -> None:
         app.after_startup(lambda: typer.echo(USAGE.format(
             sets=", ".join(hs.name for hs in select_sets(settings.handler_sets)),
             nats=settings.nats_url,
-            admin=settings.admin_email)))
+            admin=settings.admin_email,
+            dashboard=f"\nDashboard: {url} (sign in as the admin)"
+            if (url := app.context.get("web_url")) else "")))
         await app.run()
     finally:
         if nats_server:

@@ -75,7 +75,8 @@ async def open_world(base: Settings, tag: str, *, demo: bool = False,
     dsn = base.postgres_dsn.rsplit("/", 1)[0] + f"/atlantic_{tag}"
     settings = base.model_copy(update={
         "nats_url": server.url, "postgres_dsn": dsn, "redis_prefix": f"atlantic-{tag}:",
-        "data_dir": str(root / "data")})  # the rest as deployed: the bench measures defaults
+        "data_dir": str(root / "data"),
+        "web_port": 0})  # the rest as deployed: the bench measures defaults
     world = World(settings, server)
     try:
         await drop_database(dsn)  # a previous run killed half-way
