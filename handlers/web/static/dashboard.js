@@ -7,6 +7,8 @@ const state = { window: "24h", currency: "USD", summary: null, users: null, char
 const $ = (id) => document.getElementById(id);
 
 const money = () => new Intl.NumberFormat("en-US", { style: "currency", currency: state.currency });
+const compactMoney = () => new Intl.NumberFormat("en-US", { style: "currency",
+  currency: state.currency, notation: "compact" });
 const count = new Intl.NumberFormat("en-US");
 const percent = new Intl.NumberFormat("en-US", { style: "percent", maximumFractionDigits: 1 });
 const cents = (x) => Math.round(x * 100) / 100;
@@ -74,7 +76,8 @@ function renderChart(series) {
     series: [{}, { label: "revenue", stroke: "#2563eb", fill: "rgba(37,99,235,0.12)", scale: "money",
                    value: (u, v) => (v == null ? "–" : money().format(v)) },
              { label: "orders", stroke: "#f97316", scale: "orders" }],
-    axes: [{}, { scale: "money", values: (u, vals) => vals.map((v) => money().format(v)), size: 70 },
+    axes: [{}, { scale: "money", values: (u, vals) => vals.map((v) => compactMoney().format(v)),
+                 size: 60 },
            { scale: "orders", side: 1, grid: { show: false } }],
   }, data, box);
 }
@@ -176,12 +179,12 @@ async function start() {
   const me = await getJson("/api/me");
   state.currency = me.currency;
   const wanted = location.hash.slice(1);
+  connect();  // while the figures load (a tick before them is dropped: analytics counts it)
   await load(me.windows.includes(wanted) ? wanted : "24h");
   for (const button of document.querySelectorAll("#windows button")) {
     button.addEventListener("click", () => load(button.dataset.window));
   }
   new ResizeObserver(() => state.series && renderChart(state.series)).observe($("series-chart"));
-  connect();
   // Analytics stays the authority: the live additions are replaced by its figures now and then.
   setInterval(() => load(state.window), 60000);
 }
