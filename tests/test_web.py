@@ -158,6 +158,19 @@ async def test_the_session_cookie_is_httponly_strict_and_unreadable_by_the_page(
     assert cookie["value"] not in await page.content()
 
 
+async def test_the_page_runs_under_a_strict_content_security_policy(page, shop):
+    violations = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security" in m.text
+            else None)
+
+    await signed_in_dashboard(page, shop)
+    response = await page.request.get("/")
+
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    assert await page.locator("#series-chart canvas").count() == 1
+    assert violations == []
+
+
 async def test_logout_ends_the_session(page, shop):
     await signed_in_dashboard(page, shop)
     [cookie] = await page.context.cookies()
@@ -278,3 +291,33 @@ async def test_order_stats_count_every_status_for_admins_only(shop):
     assert stats.body["byStatus"]["RESERVED"] >= 1
     assert stats.body["pastDeadline"] == 0 and stats.body["deadLetters"] == []
     assert refused.status == 403
+
+
+# --- the pure parts, without servers ---------------------------------------------------------
+
+def test_a_tick_adds_up_orders_money_cancellations_and_returns():
+    from handlers.web.live import Tick
+
+    tick = Tick()
+    for subject, event in [("order.created", {"orderId": "a", "totalPrice": 0.1}),
+                           ("order.created", {"orderId": "b", "totalPrice": 0.2}),
+                           ("order.cancelled", {"orderId": "a"}),
+                           ("order.returned", {"orderId": "b"}),
+                           ("behavior.search", {"query": "lamp"})]:
+        tick.add(f"atlantic.events.{subject}", event)
+
+    sent = tick.as_json()
+
+    assert (sent["orders"], sent["revenue"], sent["cancelled"], sent["returned"]) == (2, 0.3, 1, 1)
+    assert sent["events"] == 5 and sent["recent"][-1]["event"] == "behavior.search"
+
+
+def test_today_starts_at_midnight_utc_and_the_others_go_back_from_now():
+    from datetime import UTC, datetime, timedelta
+
+    from handlers.web.dashboard import window_bounds
+
+    now = datetime(2026, 12, 2, 13, 45, 10, tzinfo=UTC)
+
+    assert window_bounds("today", now) == (datetime(2026, 12, 2, tzinfo=UTC), now)
+    assert window_bounds("7d", now) == (now - timedelta(days=7), now)

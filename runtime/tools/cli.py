@@ -196,7 +196,8 @@ def bench(
     quick: Annotated[bool, typer.Option(
         help="smaller runs (dashboard over 100k and 1M events): a few minutes")] = False,
     only: Annotated[str, typer.Option(
-        help="comma-separated: requests, saga, ingest, queries")] = "requests,saga,ingest,queries",
+        help="comma-separated: requests, saga, ingest, queries; web (the dashboard in "
+             "chromium) only when named")] = "requests,saga,ingest,queries",
     rates: Annotated[str, typer.Option(
         help="saga: comma-separated orders/s offered open loop, in sweep order")
     ] = "25,50,100,200,400",

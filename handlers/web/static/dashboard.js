@@ -154,7 +154,7 @@ function connect() {
   stream.onopen = () => {
     setConnection("live", "live");
     // Orders placed while the stream was down are counted by analytics: catch up.
-    if (state.opened) load(state.window);
+    if (state.opened) load(state.window).catch(() => {});
     state.opened = true;
   };
   stream.addEventListener("tick", (e) => onTick(JSON.parse(e.data)));
@@ -172,7 +172,14 @@ function connect() {
 async function load(window) {
   state.window = window;
   history.replaceState(null, "", `#${window}`);
-  render(await getJson(`/api/dashboard?window=${encodeURIComponent(window)}`));
+  try {
+    render(await getJson(`/api/dashboard?window=${encodeURIComponent(window)}`));
+    $("problem").hidden = true;
+  } catch (error) {
+    $("problem").textContent = "The figures could not be loaded just now; retrying shortly.";
+    $("problem").hidden = false;
+    throw error;
+  }
 }
 
 async function start() {
@@ -180,13 +187,13 @@ async function start() {
   state.currency = me.currency;
   const wanted = location.hash.slice(1);
   connect();  // while the figures load (a tick before them is dropped: analytics counts it)
-  await load(me.windows.includes(wanted) ? wanted : "24h");
+  await load(me.windows.includes(wanted) ? wanted : "24h").catch(() => {});
   for (const button of document.querySelectorAll("#windows button")) {
-    button.addEventListener("click", () => load(button.dataset.window));
+    button.addEventListener("click", () => load(button.dataset.window).catch(() => {}));
   }
   new ResizeObserver(() => state.series && renderChart(state.series)).observe($("series-chart"));
   // Analytics stays the authority: the live additions are replaced by its figures now and then.
-  setInterval(() => load(state.window), 60000);
+  setInterval(() => load(state.window).catch(() => {}), 60000);
 }
 
 start();
