@@ -64,9 +64,12 @@ class Shopper:
         await client.call("atlantic.users.register",
                           {"email": email, "password": password, "name": "Bench"})
         login = await client.call("atlantic.users.login", {"email": email, "password": password})
-        products = await client.call("atlantic.catalog.products.list", {"limit": 1})
-        return cls(client.signed_in(login.body["token"]),
-                   products.body["products"][0]["productId"])
+        admin = await client.call("atlantic.users.login", {
+            "email": world.settings.admin_email, "password": world.settings.admin_password})
+        product = await client.signed_in(admin.body["token"]).call(
+            "atlantic.catalog.products.create", {"name": "Bench lamp", "price": "25.00",
+                                                 "category": "Bench", "stock": 100_000})
+        return cls(client.signed_in(login.body["token"]), product.body["productId"])
 
     async def order(self) -> float:
         """Places one order; the time its reply came, after its commit."""
@@ -119,7 +122,7 @@ async def web(base: Settings, quick: bool) -> list[Row]:
     sizes = QUICK if quick else FULL
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    async with open_world(base, "bench_web", demo=True) as world, async_playwright() as pw:
+    async with open_world(base, "bench_web") as world, async_playwright() as pw:
         await world.serve(BACKEND)
         await world.serve(["web"], key="web", ATLANTIC_WEB_PORT=str(port))
         browser = await pw.chromium.launch(
