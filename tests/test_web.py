@@ -183,6 +183,16 @@ async def test_logout_ends_the_session(page, shop):
     assert (await page.request.get("/api/dashboard")).status == 401
 
 
+async def test_an_open_dashboard_whose_session_ends_goes_to_sign_in(page, shop):
+    await signed_in_dashboard(page, shop)
+    [cookie] = await page.context.cookies()
+
+    ended = await shop.world.client.signed_in(cookie["value"]).call("atlantic.users.logout")
+
+    assert ended.ok, ended.body
+    await page.wait_for_url("**/login")
+
+
 # --- the figures -------------------------------------------------------------------------------
 
 async def test_the_figures_equal_the_analytics_replies_for_the_window(page, shop):

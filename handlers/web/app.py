@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from contracts.users import LOGIN, LOGOUT, ME
 from handlers.web.backend import Backend, BackendError
-from handlers.web.dashboard import WINDOWS, dashboard, live_panel
+from handlers.web.dashboard import WINDOWS, SharedPanel, dashboard
 from handlers.web.live import CLOSED, LiveFeed
 
 STATIC = Path(__file__).parent / "static"
@@ -59,6 +59,7 @@ class Web:
     def __init__(self, backend: Backend, feed: LiveFeed, currency: str,
                  session_seconds: int):
         self.backend, self.feed = backend, feed
+        self.panel = SharedPanel(backend, max_age=PANEL_SECONDS - 0.5)
         self.currency, self.session_seconds = currency, session_seconds
 
     # --- who is asking ---------------------------------------------------------------------
@@ -140,6 +141,13 @@ class Web:
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
+    async def _still_admin(self, token: str) -> None:
+        """BackendError unless the session is still an admin's (a stream outlives its start)."""
+        user = await self.backend.ask(ME, None, token)
+        if user["role"] != "admin":
+            raise BackendError(403, {"error": {"code": "forbidden", "details": [],
+                                               "message": "not an administrator"}})
+
     async def _end_session(self, token: str) -> None:
         try:
             await self.backend.ask(LOGOUT, None, token)
@@ -165,7 +173,7 @@ class Web:
         return JSONResponse(await dashboard(self.backend, admin.token, window))
 
     async def live(self, request: Request, admin: Admin) -> Response:
-        return JSONResponse(await live_panel(self.backend, admin.token))
+        return JSONResponse(await self.panel.latest(admin.token))
 
     async def stream(self, request: Request, admin: Admin) -> Response:
         # Server-Sent Events written by hand on Starlette's StreamingResponse: the format is a
@@ -183,14 +191,20 @@ class Web:
             next_panel = loop.time()
             while True:
                 if loop.time() >= next_panel:
-                    try:
-                        yield _sse("live", await live_panel(self.backend, admin.token))
-                    except BackendError:
-                        yield _sse("signed-out", {})  # the session ended while watching
-                        return
                     next_panel = loop.time() + PANEL_SECONDS
+                    try:
+                        await self._still_admin(admin.token)
+                        panel = await self.panel.latest(admin.token)
+                    except BackendError as exc:
+                        if exc.status in (401, 403):
+                            yield _sse("signed-out", {})  # the session ended while watching
+                            return
+                        # otherwise a set is away: this panel is skipped, the stream goes on
+                    else:
+                        yield _sse("live", panel)
                 try:
-                    tick = await asyncio.wait_for(ticks.get(), next_panel - loop.time())
+                    tick = await asyncio.wait_for(ticks.get(),
+                                                  max(0.05, next_panel - loop.time()))
                 except TimeoutError:
                     continue
                 if tick is CLOSED:

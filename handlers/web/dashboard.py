@@ -96,3 +96,21 @@ async def live_panel(backend: Backend, token: str) -> dict[str, Any]:
     return {"at": _iso(now), "orders": orders,
             "ingest": summary["ingest"] if summary else None,
             "consumers": consumers, "services": services}
+
+
+class SharedPanel:
+    """The live panel, computed at most once per `max_age` seconds for every open dashboard:
+    its queries (a count over all orders among them) cost the same for one viewer or fifty.
+    Callers are admins already checked; a stream re-checks its own session each time."""
+
+    def __init__(self, backend: Backend, max_age: float):
+        self.backend, self.max_age = backend, max_age
+        self._latest: tuple[float, dict[str, Any]] | None = None
+        self._lock = asyncio.Lock()
+
+    async def latest(self, token: str) -> dict[str, Any]:
+        async with self._lock:  # one computation at a time; the others take its result
+            now = asyncio.get_running_loop().time()
+            if self._latest is None or now - self._latest[0] >= self.max_age:
+                self._latest = (now, await live_panel(self.backend, token))
+            return self._latest[1]
