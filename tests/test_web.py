@@ -305,6 +305,7 @@ async def test_order_stats_count_every_status_for_admins_only(shop):
 
 # --- the pure parts, without servers ---------------------------------------------------------
 
+@pytest.mark.fast
 def test_a_tick_adds_up_orders_money_cancellations_and_returns():
     from handlers.web.live import Tick
 
@@ -322,6 +323,7 @@ def test_a_tick_adds_up_orders_money_cancellations_and_returns():
     assert sent["events"] == 5 and sent["recent"][-1]["event"] == "behavior.search"
 
 
+@pytest.mark.fast
 def test_today_starts_at_midnight_utc_and_the_others_go_back_from_now():
     from datetime import UTC, datetime, timedelta
 

@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.settings import Settings
 from runtime.tools.bench.runner import Row, cpu_seconds, ms
 from runtime.tools.bench.world import World, open_world
 from runtime.tools.client import AtlanticClient
 from runtime.tools.loadgen import percentile
 from runtime.tools.services import free_port
-from runtime.settings import Settings
 
 BACKEND = ["users", "catalog", "orders", "payments", "analytics"]
 # Records every value the orders figure takes, with the browser's wall-clock time.
