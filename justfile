@@ -25,8 +25,17 @@ setup:
 up: setup
     {{bin}}/atlantic up
 
+# Debian's chromium, for the dashboard's browser tests (Playwright cannot download its own here).
+browser:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [ -x /usr/bin/chromium ] && exit 0
+    sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 # Run the whole test suite: the fast tier and the tests on real servers (arguments go to pytest).
-test *args: setup
+test *args: setup browser
     {{bin}}/atlantic services
     {{bin}}/pytest {{args}}
 

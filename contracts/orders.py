@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from contracts.base import Id, Money, NoControls, Request, Wire
+from contracts.base import Empty, Id, Money, NoControls, Request, Wire
 from contracts.catalog import ItemLines
 from contracts.events import (
     InventoryReserved,
@@ -26,6 +26,7 @@ CANCEL = "atlantic.orders.cancel"
 SHIP = "atlantic.orders.ship"
 DELIVER = "atlantic.orders.deliver"
 RETURN = "atlantic.orders.return"
+STATS = "atlantic.orders.stats"
 
 # A reason and a carrier as a client sends them: no control characters, and each constraint
 # inside its own Annotated (a Field beside a validated alias was silently dropped: a carrier of
@@ -128,6 +129,23 @@ class OrderPage(Wire):
 class OrderStatusReply(Wire):
     order_id: str
     status: OrderStatus
+
+
+OrderStats = Empty
+
+
+class DeadLetterCount(Wire):
+    consumer: str
+    count: int
+
+
+class OrderStatsReply(Wire):
+    """Orders as they stand now, for the operators' live panel."""
+
+    by_status: dict[OrderStatus, int]  # every status, 0 included
+    past_deadline: int  # short of PAID or RESERVED past the deadline, not yet cancelled
+    # ops.dead_letters, which every set's consumers write: the orders set answers for it
+    dead_letters: list[DeadLetterCount]
 
 
 class ShipmentReply(Wire):

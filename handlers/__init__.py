@@ -6,6 +6,7 @@ from handlers.handler_set import HandlerSet
 from handlers.orders import orders
 from handlers.payments import payments
 from handlers.users import users
+from handlers.web import web
 
 HANDLER_SETS: dict[str, HandlerSet] = {
     "users": users,
@@ -13,4 +14,5 @@ HANDLER_SETS: dict[str, HandlerSet] = {
     "catalog": catalog,
     "orders": orders,
     "payments": payments,
+    "web": web,
 }

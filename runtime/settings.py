@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     # long, with the same message ids, before it answers 503; below clients' timeouts.
     publish_retry_seconds: float = Field(8.0, gt=0)
 
+    # The web set: the live dashboard's HTTP address (port 0: any free port), and the currency
+    # its money is shown in (ISO 4217).
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(8000, ge=0, le=65535)
+    web_currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+
     request_workers: int = Field(32, ge=1, le=1024)
     graceful_timeout_seconds: float = Field(15.0, ge=0)
 

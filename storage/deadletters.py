@@ -36,3 +36,9 @@ async def recent(db: asyncpg.Connection | asyncpg.Pool, consumer: str | None = N
         " ORDER BY id DESC LIMIT $2",
         consumer, limit)
     return [DeadLetter(**dict(row)) for row in rows]
+
+
+async def count_by_consumer(db: asyncpg.Connection | asyncpg.Pool) -> dict[str, int]:
+    rows = await db.fetch(
+        "SELECT consumer, count(*) AS n FROM ops.dead_letters GROUP BY consumer ORDER BY consumer")
+    return {r["consumer"]: r["n"] for r in rows}

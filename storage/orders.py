@@ -225,3 +225,15 @@ async def overdue(db: asyncpg.Connection, older_than_seconds: float, limit: int)
         " ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         older_than_seconds, limit)
     return [r["id"] for r in rows]
+
+
+async def count_by_status(db: asyncpg.Connection) -> dict[str, int]:
+    rows = await db.fetch("SELECT status, count(*) AS n FROM orders.orders GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def count_overdue(db: asyncpg.Connection, older_than_seconds: float) -> int:
+    """Orders the deadline sweep would cancel: counted, not locked."""
+    return await db.fetchval(
+        "SELECT count(*) FROM orders.orders WHERE status IN ('CREATED', 'VALIDATED', 'PAID')"
+        " AND created_at < now() - make_interval(secs => $1)", older_than_seconds)

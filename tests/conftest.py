@@ -61,6 +61,7 @@ def settings(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) 
         "graceful_timeout_seconds": 5.0,
         "order_sweep_seconds": 0.3,
         "sandbox_decline_above": Decimal("5000.00"),
+        "web_port": 0,  # any free port: test runs side by side never collide
     })
 
 

@@ -129,9 +129,10 @@ async def stop_all(world: World) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def open_world(settings: Settings, store: Path, shape: str, tag: str
-                     ) -> AsyncIterator[World]:
-    """shape: "one-process" (every set in this process) or "process-per-set"."""
+async def open_world(settings: Settings, store: Path, shape: str, tag: str,
+                     **overrides: object) -> AsyncIterator[World]:
+    """shape: "one-process" (every set in this process) or "process-per-set"; overrides: more
+    settings for the world (and the sets started in it later with start_set)."""
     data_dir = store.with_name(f"{store.name}-data")
     passwords = Passwords.ensure(data_dir)
     nats = NatsServer(free_port(), store, config=NATS_CONF,
@@ -141,7 +142,7 @@ async def open_world(settings: Settings, store: Path, shape: str, tag: str
     world_settings = settings.model_copy(update={
         "nats_url": nats.url, "postgres_dsn": dsn, "data_dir": str(data_dir),
         "redis_prefix": f"atlantic-test-{RUN_ID}-{tag}:",
-        "sandbox_decline_above": Decimal("5000.00")})
+        "sandbox_decline_above": Decimal("5000.00"), **overrides})
     await create_database(dsn)
     admin_email = unique_email("saga-admin")
     await ensure_admin(world_settings, admin_email, TEST_PASSWORD)

@@ -31,8 +31,9 @@ def unique_email(tag: str = "user") -> str:
 
 
 # orders and payments act on every OrderCreated, and the catalog's tests drive the saga by hand,
-# so the shared system runs without them; the saga's tests start worlds of their own (saga_world).
-SHARED_SETS = [name for name in HANDLER_SETS if name not in ("orders", "payments")]
+# so the shared system runs without them; the saga's tests start worlds of their own (saga_world),
+# and so do the dashboard's (test_web.py).
+SHARED_SETS = [name for name in HANDLER_SETS if name not in ("orders", "payments", "web")]
 
 
 # --- waiting for an outcome ----------------------------------------------------------------------

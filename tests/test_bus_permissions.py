@@ -24,6 +24,7 @@ from runtime.streams import MAX_CONSUMER_ACK_PENDING, ensure_stream
 from runtime.tools.services import NatsServer, free_port
 
 SETS = tuple(HANDLER_SETS)
+ANSWERING = tuple(name for name in SETS if HANDLER_SETS[name].endpoints)  # not web: HTTP only
 USERS = (*SETS, "client")
 
 # The events each set emits (DESIGN.md, "Handler sets and subjects"); wildcard families are
@@ -38,7 +39,17 @@ EMITS = {
     "analytics": ["behavior.page_viewed", "behavior.added_to_cart"],
 }
 # Requests a set makes of another set.
-ASKS = {"orders": ["atlantic.catalog.quote"]}
+ASKS = {
+    "orders": ["atlantic.catalog.quote"],
+    # the dashboard: sign-in, the figures it shows, the orders' counts, product names
+    "web": ["atlantic.users.login", "atlantic.users.logout", "atlantic.users.me",
+            "atlantic.analytics.summary", "atlantic.analytics.timeseries",
+            "atlantic.analytics.top_products", "atlantic.analytics.funnel",
+            "atlantic.analytics.inventory", "atlantic.analytics.users",
+            "atlantic.orders.stats", "atlantic.catalog.products.get"],
+}
+# Who watches the events live, outside JetStream consumers (it acts on none of them).
+WATCHES = ("web",)
 
 
 def durables(handler_set: str) -> list[str]:
@@ -122,7 +133,7 @@ def matrix(user: str) -> list[tuple[str, str, bool]]:
     is_set, mine = user in SETS, durables(user) if user in SETS else []
     cases: list[tuple[str, str, bool]] = []
     # requests: clients ask every set; a set answers only its own, and asks only what it needs
-    for name in SETS:
+    for name in ANSWERING:
         cases += [("publish", f"atlantic.{name}.anything", user == "client"),
                   ("subscribe", f"atlantic.{name}.anything", user == name)]
     for subject in {s for asks in ASKS.values() for s in asks}:
@@ -137,13 +148,14 @@ def matrix(user: str) -> list[tuple[str, str, bool]]:
     # events: only the owner publishes; nobody reads them outside JetStream consumers
     for owner, events in EMITS.items():
         cases += [("publish", f"atlantic.events.{event}", owner == user) for event in events]
-    cases += [("subscribe", "atlantic.events.>", False),
-              ("subscribe", "atlantic.events.order.created", False)]
+    cases += [("subscribe", "atlantic.events.>", user in WATCHES),
+              ("subscribe", "atlantic.events.order.created", user in WATCHES)]
     # $JS.API: the stream declared and read, consumers of the set's own names only
     for api in ("INFO", "STREAM.NAMES", f"STREAM.INFO.{STREAM}", f"STREAM.CREATE.{STREAM}",
                 f"STREAM.UPDATE.{STREAM}"):
         cases.append(("publish", f"$JS.API.{api}", is_set))
     cases.append(("publish", f"$JS.API.STREAM.MSG.GET.{STREAM}", bool(mine)))
+    cases.append(("publish", f"$JS.API.CONSUMER.LIST.{STREAM}", user in WATCHES))
     for api in (f"STREAM.DELETE.{STREAM}", f"STREAM.PURGE.{STREAM}", "STREAM.CREATE.OTHER",
                 f"CONSUMER.CREATE.{STREAM}", f"CONSUMER.CREATE.{STREAM}.rogue",
                 f"CONSUMER.DURABLE.CREATE.{STREAM}.rogue", f"CONSUMER.MSG.NEXT.{STREAM}.rogue",
@@ -159,6 +171,7 @@ def matrix(user: str) -> list[tuple[str, str, bool]]:
     cases.append(("subscribe", "$JS.API.>", False))
     # $SRV: clients discover; each set answers discovery under its own name only
     cases += [("publish", "$SRV.PING", user == "client"),
+              ("publish", "$SRV.STATS", user in ("client", *WATCHES)),
               ("publish", "$SRV.INFO.atlantic-users", user == "client"),
               ("subscribe", "$SRV.PING", is_set), ("subscribe", "$SRV.STATS", is_set),
               ("subscribe", "$SRV.>", False)]

@@ -22,7 +22,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 NATS_CONF = ROOT / "deploy" / "nats.conf"
 
-HANDLER_SETS = ("users", "catalog", "orders", "payments", "analytics")
+HANDLER_SETS = ("users", "catalog", "orders", "payments", "analytics", "web")
 INFRASTRUCTURE = ("nats", "postgres", "redis", "clickhouse")
 
 # Test-only passwords for deploy/nats.conf, one per NATS user.

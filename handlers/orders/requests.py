@@ -3,7 +3,7 @@
 import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, get_args
 
 from contracts.base import new_id
 from contracts.catalog import Quote
@@ -26,6 +26,7 @@ from contracts.orders import (
     MAX_IDEMPOTENCY_KEY,
     RETURN,
     SHIP,
+    STATS,
     CancelOrder,
     CreateOrder,
     DeliverOrder,
@@ -33,6 +34,9 @@ from contracts.orders import (
     ListOrders,
     Order,
     OrderPage,
+    OrderStats,
+    OrderStatsReply,
+    OrderStatus,
     OrderStatusReply,
     ReturnOrder,
     ShipmentReply,
@@ -49,10 +53,11 @@ from handlers.orders.service import (
     request_quote,
     visible_to,
 )
+from storage import deadletters, outbox
 from storage import orders as store
-from storage import outbox
 
 ReturnWindowDays = Annotated[float, Context("settings.return_window_days")]
+DeadlineSeconds = Annotated[float, Context("settings.order_deadline_seconds")]
 
 
 def _idempotency_key(msg: NatsMessage) -> str | None:
@@ -136,6 +141,19 @@ async def get_order(req: GetOrder, user: CurrentUser, db: Db) -> Order:
         raise NotFound("order", req.order_id)
     visible_to(user, order.customer_id, req.order_id)
     return order
+
+
+@orders.request(STATS)
+async def order_stats(req: OrderStats, admin: Admin, db: Db,
+                      deadline: DeadlineSeconds) -> OrderStatsReply:
+    """How many orders stand in each status now, how many are past their deadline, and the
+    events consumers gave up on (for the live dashboard)."""
+    counts = await store.count_by_status(db)
+    dead = await deadletters.count_by_consumer(db)
+    return OrderStatsReply(
+        by_status={status: counts.get(status, 0) for status in get_args(OrderStatus)},
+        past_deadline=await store.count_overdue(db, deadline),
+        dead_letters=[{"consumer": c, "count": n} for c, n in dead.items()])
 
 
 @orders.request(LIST)

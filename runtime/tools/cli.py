@@ -230,7 +230,8 @@ def bench(
     quick: Annotated[bool, typer.Option(
         help="smaller runs (dashboard over 100k and 1M events): a few minutes")] = False,
     only: Annotated[str, typer.Option(
-        help="comma-separated: requests, saga, ingest, queries")] = "requests,saga,ingest,queries",
+        help="comma-separated: requests, saga, ingest, queries; web (the dashboard in "
+             "chromium) only when named")] = "requests,saga,ingest,queries",
     rates: Annotated[str, typer.Option(
         help="saga: comma-separated orders/s offered open loop, in sweep order")
     ] = "25,50,100,200,400",
@@ -301,7 +302,7 @@ From another shell:
   .venv/bin/atlantic call atlantic.users.me --token <token from login>
   .venv/bin/atlantic call atlantic.catalog.products.list '{{"q": "coffee", "limit": 5}}'
 Admin: {admin} (password from ATLANTIC_ADMIN_PASSWORD). Discovery: nats micro ls, or
-  .venv/bin/atlantic call '$SRV.INFO'
+  .venv/bin/atlantic call '$SRV.INFO'{dashboard}
 Stop with Ctrl-C.
 """
 
@@ -348,10 +349,17 @@ async def _up(settings: Settings) -> None:
     try:
         typer.echo(await ensure_admin(settings, settings.admin_email, settings.admin_password))
         typer.echo(await ensure_demo_catalog(settings))  # after ensure_admin: migrations ran
-        await _run_apps(build_apps(settings), lambda: typer.echo(USAGE.format(
-            sets=", ".join(hs.name for hs in select_sets(settings.handler_sets)),
-            nats=settings.nats_url,
-            admin=settings.admin_email)))
+        apps = build_apps(settings)
+
+        def started() -> None:
+            url = next((u for app in apps if (u := app.context.get("web_url"))), None)
+            typer.echo(USAGE.format(
+                sets=", ".join(hs.name for hs in select_sets(settings.handler_sets)),
+                nats=settings.nats_url,
+                admin=settings.admin_email,
+                dashboard=f"\nDashboard: {url} (sign in as the admin)" if url else ""))
+
+        await _run_apps(apps, started)
     finally:
         if nats_server:
             nats_server.stop()

@@ -476,6 +476,10 @@ async def run(base: Settings, quick: bool, only: set[str],
 
         with tempfile.TemporaryDirectory(prefix="atlantic-bench-") as tmp:
             rows += await asyncio.to_thread(dashboard, sizes, Path(tmp))
+    if "web" in only:  # a browser's worth: only when asked for
+        from runtime.tools.bench.web import web
+
+        rows += await web(base, quick)
     return rows, rss, notes
 
 

@@ -79,7 +79,8 @@ async def open_world(base: Settings, tag: str, *, demo: bool = False, keep: bool
     settings = base.model_copy(update={
         "nats_url": ",".join(s.url for s in servers), "stream_replicas": min(nodes, 3),
         "postgres_dsn": dsn, "redis_prefix": f"atlantic-{tag}:",
-        "data_dir": str(root / "data")})  # the rest as deployed: the bench measures defaults
+        "data_dir": str(root / "data"),
+        "web_port": 0})  # the rest as deployed: the bench measures defaults
     world = World(settings, servers[0], servers)
     try:
         await drop_database(dsn)  # a previous run killed half-way
