@@ -37,7 +37,7 @@ async def shop(settings, tmp_path_factory) -> AsyncIterator[Shop]:
     root = tmp_path_factory.mktemp("web")
     port = free_port()
     async with open_world(settings, root / "nats", "one-process", "web",
-                          data_dir=str(root / "data"), web_port=port) as world:
+                          web_port=port) as world:
         admin_email = unique_email("web-admin")
         await ensure_admin(world.settings, admin_email, TEST_PASSWORD)
         await start_set(world, "analytics")
