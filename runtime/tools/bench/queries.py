@@ -63,7 +63,8 @@ async def dashboard(data_dir: str, events: int, repeats: int) -> dict:
     store = AnalyticsStore.for_settings(None, data_dir, 400, reuse_seconds=0)
     await store.start()
     began = time.perf_counter()
-    if (stored := await store.event_count()) == 0:
+    stored = int((await store._one("SELECT count() AS n FROM {db}.events"))["n"])
+    if stored == 0:
         sql = LOAD.format(db=store.db, n=events, span_ms=DAYS * 86_400_000)
         await store._run(store.backend.query, sql, {})
     elif stored != events:
