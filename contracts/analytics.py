@@ -294,6 +294,9 @@ class TimeseriesReply(Wire):
     metric: Metric
     granularity: Granularity
     points: list[Point]
+    # activeUsers over windows longer than 3 days: uniqCombined estimates, a standard error of
+    # about 1.6% (the other metrics are always exact)
+    approximate: bool = False
 
 
 class ProductFigures(Wire):
@@ -340,3 +343,6 @@ class UsersReply(Wire):
     customers: int  # people who ordered in the window
     new_customers: int  # of those, first order ever in the window
     returning_customers: int
+    # over windows longer than 3 days, activeUsers, customers and returningCustomers are
+    # uniqCombined estimates, a standard error of about 1.6% (the others are always exact)
+    approximate: bool = False

@@ -306,7 +306,7 @@ def users(h: History) -> dict:
     new = {c for c in customers if first[c] >= h.start}
     return {"activeUsers": len(active), "newRegistrations": len(registered),
             "customers": len(customers), "newCustomers": len(new),
-            "returningCustomers": len(customers) - len(new)}
+            "returningCustomers": len(customers) - len(new), "approximate": False}
 
 
 def exact(value):

@@ -3,6 +3,7 @@ returns, refunds, duplicates, out-of-order arrivals) goes through JetStream into
 every query's answer equals a plain Python recomputation, to the cent. The same query tests run
 on chDB always, and on a ClickHouse server when ATLANTIC_CLICKHOUSE_URL is set."""
 
+import asyncio
 import importlib
 import os
 import random
@@ -15,7 +16,7 @@ from support import RUN_ID, drained, eventually, publish_all
 
 from contracts import analytics as contract
 from runtime.tools.client import Reply
-from storage.analytics import schema
+from storage.analytics import T, schema
 
 ORDERS = 2_500
 
@@ -119,6 +120,7 @@ async def test_timeseries_equals_the_recomputation(queries, history, metric, gra
     got = [(datetime.fromisoformat(p["start"]), p["value"]) for p in body["points"]]
     expected = [(datetime.fromisoformat(s), v) for s, v in ref.timeseries(history, metric, step)]
     assert got == expected
+    assert body["approximate"] is False  # a window of a few days: exact
 
 
 async def test_minute_timeseries_over_an_odd_window(queries, history):
@@ -157,14 +159,36 @@ async def test_inventory_equals_the_recomputation(queries, history):
     assert expected["lowStock"] and expected["lowStockAlerts"] > 0
 
 
-async def test_new_pre_aggregates_are_filled_from_stored_events(system, admin, history):
-    # As on an upgrade that adds them: the tables and their views are missing, events are stored.
+async def test_new_pre_aggregates_are_filled_from_stored_events(system, admin, history,
+                                                                monkeypatch):
+    # As on an upgrade that adds them: the tables and their views are missing, so are the
+    # events' projections, and events are stored.
     store = system.context.get("analytics")
+    monkeypatch.setattr(store, "reuse_seconds", 0)  # every answer below asked afresh
+    store._recent.clear()
     for derived in schema.DERIVED:
         await store._rows(f"DROP VIEW {{db}}.{derived.table}_mv")
         await store._rows(f"DROP TABLE {{db}}.{derived.table}")
+    for name in schema.PROJECTIONS:
+        await store._rows(f"ALTER TABLE {{db}}.events DROP PROJECTION {name}"
+                          " SETTINGS mutations_sync = 2")
 
     await store.start()
+
+    async def projected_everywhere():
+        parts = await store._rows(
+            "SELECT countIf(NOT has(projections, {name:String})) AS missing"
+            " FROM system.parts WHERE database = {db:String} AND table = 'events' AND active",
+            db=store.db, name=schema.HOURLY_TOTALS)
+        return parts[0]["missing"] == 0
+
+    await eventually(projected_everywhere, seconds=60)
+    summary = await ask(admin, contract.SUMMARY, history.wire())
+    assert {k: summary[k] for k in ref.summary(history)} == ref.summary(history)
+    series = await ask(admin, contract.TIMESERIES, history.wire() | {"metric": "active_users",
+                                                                    "granularity": "hour"})
+    assert [(datetime.fromisoformat(p["start"]), p["value"]) for p in series["points"]] == [
+        (datetime.fromisoformat(s), v) for s, v in ref.timeseries(history, "active_users", 3_600)]
 
     inventory = await ask(admin, contract.INVENTORY, history.wire() | {"lowStockThreshold": 40,
                                                                          "limit": 100})
@@ -193,6 +217,85 @@ async def test_users_equal_the_recomputation(queries, history):
     expected = ref.users(history)
     assert body == expected
     assert expected["newCustomers"] > 0 and expected["returningCustomers"] > 0
+
+
+async def test_windows_with_partial_hours_equal_the_recomputation(queries, history):
+    """Whole hours from the pre-aggregates, the partial first and last ones from the events."""
+    window = ref.History(history.start + timedelta(minutes=17, milliseconds=250),
+                         history.end - timedelta(minutes=5), history.events)
+
+    summary = await ask(queries, contract.SUMMARY, window.wire())
+    assert {k: summary[k] for k in ref.summary(window)} == ref.summary(window)
+    assert await ask(queries, contract.USERS, window.wire()) == ref.users(window)
+
+
+async def test_distinct_people_over_long_windows_are_estimates_that_say_so(system, admin):
+    """30,000 people, each signed in on one of five days (a fifth of them a day), every third
+    of them ordering: the exact figures are known without a recomputation."""
+    store = system.context.get("analytics")
+    people = 30_000
+    start = (datetime.now(UTC) - timedelta(days=200)).replace(hour=0, minute=0, second=0,
+                                                              microsecond=0)
+    await store._rows(
+        "INSERT INTO {db}.events (event_id, event, subject, timestamp, user_id, order_id)"
+        " SELECT concat({tag:String}, toString(number)) AS event_id,"
+        "  if(number % 3 = 0, 'OrderCreated', 'UserLoggedIn') AS event, 'bench' AS subject,"
+        f"  {{start:{T}}} + toIntervalSecond(number % 5 * 86400 + number % 80000),"
+        "  concat({tag:String}, 'u', toString(number)), if(number % 3 = 0, event_id, '')"
+        " FROM numbers({people:UInt32})", tag="many-", start=start, people=people)
+
+    def figures(days: int) -> dict:
+        return {"from": ref.iso(start), "to": ref.iso(start + timedelta(days=days))}
+
+    # Up to three days: exact.
+    exact = await ask(admin, contract.USERS, figures(3))
+    assert (exact["activeUsers"], exact["customers"], exact["approximate"]) == (
+        people * 3 // 5, people * 3 // 5 // 3, False)
+
+    # Longer: uniqCombined(12) estimates (standard error ~1.6%; the ids are the same in every
+    # run, so is the estimate: the bound is ~3 standard errors), and the reply says so.
+    estimate = await ask(admin, contract.USERS, figures(5))
+    assert estimate["approximate"] is True
+    assert abs(estimate["activeUsers"] - people) <= people * 0.05
+    assert abs(estimate["customers"] - people // 3) <= people // 3 * 0.05
+    assert estimate["newCustomers"] == people // 3  # exact: first orders
+    daily = await ask(admin, contract.TIMESERIES, figures(5) | {"metric": "active_users",
+                                                                "granularity": "day"})
+    assert daily["approximate"] is True
+    assert [datetime.fromisoformat(p["start"]) for p in daily["points"]] == [
+        start + timedelta(days=d) for d in range(5)]
+    for point in daily["points"]:
+        assert abs(point["value"] - people // 5) <= people // 5 * 0.05
+
+
+async def test_identical_queries_within_a_second_are_answered_once(system, admin, history,
+                                                                   monkeypatch):
+    store = system.context.get("analytics")
+    store._recent.clear()
+    asked = []
+    engine = store.backend.query
+
+    def counting(sql, params):  # passes every query on; counts the summary's
+        if "sumIf(n, event = 'OrderCreated')" in sql:
+            asked.append(params["start"])
+        return engine(sql, params)
+
+    monkeypatch.setattr(store.backend, "query", counting)
+
+    replies = await asyncio.gather(*(ask(admin, contract.SUMMARY, history.wire())
+                                     for _ in range(5)))
+    assert len(asked) == 1
+    assert all(r["revenue"] == ref.summary(history)["revenue"] for r in replies)
+
+    await ask(admin, contract.SUMMARY, {"from": ref.iso(history.start + timedelta(hours=1)),
+                                        "to": ref.iso(history.end)})
+    assert len(asked) == 2  # another window: asked
+
+    async def asked_again():
+        await ask(admin, contract.SUMMARY, history.wire())
+        return len(asked) == 3
+
+    await eventually(asked_again, seconds=10, interval=0.2)  # once the second has passed
 
 
 async def test_a_window_holding_nothing_answers_zeros(queries, history):

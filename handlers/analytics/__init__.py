@@ -174,12 +174,14 @@ async def timeseries(req: Timeseries, admin: Admin, store: Store) -> TimeseriesR
     starts = bucket_starts(req)
     step = req.granularity.seconds
     span = (starts[0], starts[-1] + timedelta(seconds=step))
+    approximate = False
     if req.metric is Metric.active_users:
-        values = await store.active_users_series(*span, step)
+        values, approximate = await store.active_users_series(*span, step)
     else:
         values = await store.sales_series(*span, step, req.metric.value)
     points = [Point(start=s, value=values.get(int(s.timestamp()), Decimal(0))) for s in starts]
-    return TimeseriesReply(metric=req.metric, granularity=req.granularity, points=points)
+    return TimeseriesReply(metric=req.metric, granularity=req.granularity, points=points,
+                           approximate=approximate)
 
 
 @analytics.request(TOP_PRODUCTS)

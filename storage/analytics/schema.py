@@ -163,12 +163,43 @@ SELECT toDate(timestamp) AS day, user_id, max(event = 'OrderCreated') AS ordered
 FROM {events} WHERE user_id != '' GROUP BY day, user_id
 """, ttl="day")
 
-DERIVED = (ORDER_LINES, STOCK_LEVELS, FIRST_ORDERS, ORDER_PROGRESS, ACTIVE_USERS)
+# Distinct signed-in people per hour, and those of them who ordered, as uniqCombined sketches
+# (a standard error of about 1.6% at precision 12, twice as fast to merge as 14), merged at read
+# time: windows too long for exact sets within the dashboard's budget (a month of hourly exact
+# sets took ~450 ms to merge at 10M events) read their whole hours here and only their partial
+# first and last hours from the events. Merging a sketch with itself changes nothing, so the
+# table can be derived again like the others.
+APPROX = "uniqCombined(12)"
+USER_ACTIVITY = Derived("user_activity", f"""
+CREATE TABLE IF NOT EXISTS {{db}}.user_activity (
+    hour DateTime('UTC'),
+    users AggregateFunction({APPROX}, String),
+    customers AggregateFunction({APPROX.replace("(", "If(")}, String, UInt8)
+) ENGINE = AggregatingMergeTree
+ORDER BY hour
+""", f"""
+SELECT toStartOfHour(timestamp) AS hour, {APPROX.replace("(", "State(")}(user_id) AS users,
+       {APPROX.replace("(", "IfState(")}(user_id, event = 'OrderCreated') AS customers
+FROM {{events}} WHERE user_id != '' GROUP BY hour
+""", ttl="hour")
+
+DERIVED = (ORDER_LINES, STOCK_LEVELS, FIRST_ORDERS, ORDER_PROGRESS, ACTIVE_USERS,
+           USER_ACTIVITY)
 
 # Sales per minute were summed (not idempotent, so not repairable); the timeseries now reads
 # the events, which is fast enough (~12 ms for 30 days of 10M events).
 RETIRED = ["DROP VIEW IF EXISTS {db}.sales_by_minute_mv",
            "DROP TABLE IF EXISTS {db}.sales_by_minute"]
+
+# Totals per event, status and hour, kept inside every part of the events table (a projection)
+# rather than in a derived table: a sum is not idempotent, so a derived table of sums could not
+# be derived again (see above), while a projection is written in the same part as its events
+# (no crash stores one without the other) and is rebuilt when a merge folds a duplicate. The
+# queries read whole hours through it and their partial first and last hours from the events.
+HOURLY_TOTALS = "hourly_totals"
+PROJECTIONS = {HOURLY_TOTALS: """
+SELECT event, status, toStartOfHour(timestamp), count(), sum(amount), sum(quantity)
+GROUP BY event, status, toStartOfHour(timestamp)"""}
 
 # Retention, set by the ALTER that every start runs (so a new table gets it too).
 TABLES_WITH_TTL = {"events": "toDateTime(timestamp)"} | {d.table: d.ttl for d in DERIVED if d.ttl}
@@ -189,3 +220,15 @@ def statements(db: str, retention_days: int) -> list[str]:
             " SETTINGS materialize_ttl_after_modify = 0"
             for table, column in TABLES_WITH_TTL.items()]
     return [filled(s, db, retention_days) for s in ddl]
+
+
+def projection_statements(db: str, missing: set[str]) -> list[str]:
+    """Adds the events' projections that are missing (each ALTER rewrites the table's metadata,
+    so a start that finds them all runs none)."""
+    if not missing:
+        return []
+    # A merge that folds a duplicate event rebuilds the projections of its part.
+    ddl = ["ALTER TABLE {db}.events MODIFY SETTING deduplicate_merge_projection_mode = 'rebuild'"]
+    ddl += [f"ALTER TABLE {{db}}.events ADD PROJECTION IF NOT EXISTS {name} ({PROJECTIONS[name]})"
+            for name in sorted(missing)]
+    return [filled(s, db) for s in ddl]
