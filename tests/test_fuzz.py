@@ -131,7 +131,7 @@ async def admin(settings, tmp_path_factory) -> AsyncIterator[AtlanticClient]:
     email = unique_email("fuzz-admin")
     await ensure_admin(own, email, TEST_PASSWORD)
     client = await AtlanticClient.connect(nats.url)
-    world = World(own, nats, client, client, None)
+    world = World(own, nats, client, client, operator=client, db=None, client_url=nats.url)
     try:
         async with build_app(own, SAGA_SETS):
             await start_set(world, "analytics")
