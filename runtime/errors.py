@@ -34,11 +34,16 @@ def as_error(exc: Exception) -> AtlanticError:
     return AtlanticError("an internal error occurred; it has been logged")
 
 
-def error_headers(error: AtlanticError, correlation_id: str | None) -> dict[str, str]:
-    """The headers of an error reply: NATS micro's error and code, beside the reply's own."""
-    return {
+def correlation_id(requested: str | None) -> str:
+    """The reply's correlation id: the request's own, else a new one (as FastStream made)."""
+    return requested or str(uuid.uuid4())
+
+
+def error_reply(error: AtlanticError, requested_id: str | None) -> tuple[bytes, dict[str, str]]:
+    """An error reply's body and headers: NATS micro's error and code, beside the reply's own."""
+    return error.reply().model_dump_json().encode(), {
         "content-type": "application/json",
-        "correlation_id": correlation_id or str(uuid.uuid4()),
+        "correlation_id": correlation_id(requested_id),
         "Nats-Service-Error": " ".join(error.message.split())[:200],
         "Nats-Service-Error-Code": str(error.status),
     }

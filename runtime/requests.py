@@ -18,7 +18,6 @@ reply (runtime.errors).
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,7 +31,7 @@ from pydantic import BaseModel
 from contracts.errors import AtlanticError, Unavailable
 from handlers.endpoints import RequestMessage, StoredReply, bind
 from handlers.handler_set import HandlerSet
-from runtime.errors import as_error, decode_request, error_headers
+from runtime.errors import as_error, correlation_id, decode_request, error_reply
 from runtime.micro import StatsBook
 
 log = logging.getLogger("atlantic.errors")
@@ -92,15 +91,13 @@ class _Endpoint:
             result = await self.endpoint(decoded, RequestMessage(msg.subject, headers, msg.data))
             body, content_type = encode_reply(result)
             reply_headers = {"content-type": content_type,
-                             "correlation_id": headers.get("correlation_id") or str(uuid.uuid4())}
+                             "correlation_id": correlation_id(headers.get("correlation_id"))}
         except Exception as exc:  # every failure is answered
             error = as_error(exc)
-            body = error.reply().model_dump_json().encode()
-            reply_headers = error_headers(error, headers.get("correlation_id"))
+            body, reply_headers = error_reply(error, headers.get("correlation_id"))
         except asyncio.CancelledError:  # still unanswered when the graceful stop ran out
             error = Unavailable("the service stopped before answering; try again")
-            await self._reply(msg, error.reply().model_dump_json().encode(),
-                              error_headers(error, headers.get("correlation_id")))
+            await self._reply(msg, *error_reply(error, headers.get("correlation_id")))
             raise
         await self._reply(msg, body, reply_headers)
         elapsed = time.perf_counter_ns() - started
