@@ -27,7 +27,11 @@ log = logging.getLogger("atlantic.relay")
 
 BATCH = 500
 CLEANUP_EVERY_SECONDS = 300.0
-ACK_TIMEOUT_SECONDS = 5.0  # a publish not acked by then is left to the sweep
+# A publish not acked by then is left to the sweep. It also bounds nats-py's known defect
+# (nats-io/nats.py#985): an error ack (a 503, or "duplicate message id is in process" during a
+# leader election) escapes publish_async's reply handler, is logged as "Connection broken with
+# APIError()", and leaves the ack's future pending; it is given up on here instead.
+ACK_TIMEOUT_SECONDS = 5.0
 MARK_EVERY_SECONDS = 0.25  # sent rows are marked published together, at most this late
 
 
