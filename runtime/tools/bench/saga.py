@@ -52,6 +52,7 @@ HOPELESS_P99 = 5.0  # a sweep stops after a rate this far gone, or one that lost
 SETTLE = 30.0  # seconds after its step's last send by which an order must be RESERVED
 DRAIN = 180.0  # seconds a step's backlog may take to drain before its CPU is read
 NATS_SERVER = "nats-server"  # read beside the Atlantic processes, not counted in their total
+LOOP = " (event loop)"  # a process's main thread, read beside the whole process
 CREATE = "atlantic.orders.create"
 RESERVED_EVENT = "atlantic.events.order.inventory_reserved"
 PASSWORD = "bench-shopper-pass"
@@ -109,7 +110,12 @@ class Step:
 
     @property
     def total_cpu_per_order(self) -> float:
-        return sum(v for p, v in self.cpu.items() if p != NATS_SERVER) / self.orders
+        return sum(v for p, v in self.cpu.items()
+                   if p != NATS_SERVER and not p.endswith(LOOP)) / self.orders
+
+    @property
+    def loop_cpu_per_order(self) -> float:
+        return sum(v for p, v in self.cpu.items() if p.endswith(LOOP)) / self.orders
 
 
 @dataclass
@@ -154,8 +160,15 @@ class Shop:
         self.tokens = [await _shopper(self.nc, n) for n in range(shoppers)]
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds (user + system, every thread) each process has used so far."""
-        return {name: sum(p.cpu_times()[:2]) for name, p in self.processes.items()}
+        """CPU seconds (user + system, every thread) each process has used so far, and for
+        each Atlantic process its main thread's alone (under `name + LOOP`)."""
+        readings = {}
+        for name, process in self.processes.items():
+            readings[name] = sum(process.cpu_times()[:2])
+            if name != NATS_SERVER:
+                main = next((t for t in process.threads() if t.id == process.pid), None)
+                readings[name + LOOP] = main.user_time + main.system_time if main else 0.0
+        return readings
 
     async def delivered(self) -> dict[str, int]:
         """Deliveries so far of every durable consumer on the stream (redeliveries included)."""
@@ -392,10 +405,12 @@ def tables(r: Result) -> list[str]:
            "Idle: ms of CPU per second over a quiet interval as long as a step. "
            "Load: ms of CPU per order over the step and its drain. "
            f"{NATS_SERVER} is not an Atlantic process and is not in the total. One raw "
-           f"nats-py echo round trip cost {r.echo * 1e6:.0f} µs of CPU in this world."
+           f"nats-py echo round trip cost {r.echo * 1e6:.0f} µs of CPU in this world. "
+           "Of which event loop: the process's main thread (Python and its syscalls); the rest "
+           "is native threads, chDB's above all."
            + (f" ({ANALYTICS_ONCE}.)" if r.topology == "two replicas per set" else ""), "",
            "| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    idle_total = sum(v for p, v in r.idle.items() if p != NATS_SERVER)
+    idle_total = sum(r.idle[p] for p in r.processes)
     cpu.append("| idle, ms/s | " + " | ".join(
         f"{v * 1e3:.1f}" for v in [*(r.idle[p] for p in r.processes), idle_total,
                                    r.idle[NATS_SERVER]]) + " |")
@@ -404,6 +419,10 @@ def tables(r: Result) -> list[str]:
             f"{v * 1e3:.1f}" for v in [*(s.cpu_per_order(p) for p in r.processes),
                                        s.total_cpu_per_order, s.cpu_per_order(NATS_SERVER)])
             + " |")
+    for label, s in steps:
+        cpu.append(f"| {label}, of which event loop | " + " | ".join(
+            f"{v * 1e3:.1f}" for v in [*(s.cpu_per_order(p + LOOP) for p in r.processes),
+                                       s.loop_cpu_per_order]) + " | |")
     consumers = sorted({c for _, s in steps for c in s.deliveries})
     deliveries = [f"### order saga, {r.topology}: deliveries per order by durable consumer", "",
                   "| | " + " | ".join([*consumers, "total"]) + " |",
