@@ -5,7 +5,7 @@ so late and out-of-order arrivals land where they belong. Money is exact; rates 
 rounded to four places.
 """
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
@@ -37,6 +37,10 @@ SEARCHED = "atlantic.events.behavior.search"
 CHECKOUT_STARTED = "atlantic.events.behavior.checkout_started"
 
 MAX_WINDOW = timedelta(days=400)  # a little over a year: the default retention
+# The moments a window may name: those ClickHouse's DateTime64 holds, where the events are kept
+# (and far enough from Python's own limits that the default window never overflows).
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2300, 1, 1, tzinfo=UTC)
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_TRACK_EVENTS = 100  # per track request
 MAX_LIMIT = 100  # rows in any list reply
@@ -168,6 +172,13 @@ class Window(Request):
 
     from_: AwareDatetime | None = Field(None, alias="from")
     to: AwareDatetime | None = None
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _in_range(cls, moment: datetime | None) -> datetime | None:
+        if moment is not None and not EARLIEST <= moment < LATEST:
+            raise ValueError("must be between 1900-01-01 and 2299-12-31 (UTC)")
+        return moment
 
     @field_validator("to")
     @classmethod

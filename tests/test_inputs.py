@@ -6,6 +6,7 @@ import json
 import pytest
 from support import unique_email
 
+from contracts.analytics import SUMMARY, TIMESERIES
 from contracts.base import MAX_REQUEST_BYTES, MAX_REQUEST_DEPTH
 from contracts.catalog import INVENTORY_ADJUST, PRODUCTS_CREATE, PRODUCTS_LIST, QUOTE
 from contracts.users import ME, REGISTER
@@ -85,6 +86,20 @@ async def test_control_characters_in_a_search_are_refused_not_a_500(client, q):
 
     assert reply.status == 422, reply.body
     assert reply.error_fields == {"q"}
+
+
+@pytest.mark.parametrize(("subject", "body", "field"), [
+    (SUMMARY, {"to": "0001-01-01T00:00:00Z"}, "to"),  # its default start would be year 0
+    (SUMMARY, {"from": "0001-01-01T00:00:00Z", "to": "0001-01-02T00:00:00Z"}, "from"),
+    (SUMMARY, {"from": "9999-12-30T00:00:00Z"}, "from"),
+    (TIMESERIES, {"metric": "revenue", "to": "0001-01-01T00:00:00+01:00"}, "to"),
+])
+async def test_a_window_out_of_the_calendar_is_a_422_not_a_500(admin, subject, body, field):
+    """Found by the 10,000-body fuzz: a `to` in year 1 made the default window overflow."""
+    reply = await admin.call(subject, body)
+
+    assert reply.status == 422, reply.body
+    assert field in reply.error_fields
 
 
 async def test_a_product_description_keeps_its_line_breaks_and_tabs(admin):
