@@ -17,6 +17,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from contracts import analytics as contract
 from contracts.events import OrderCreated, OrderItem
 from handlers import HANDLER_SETS
+from runtime.tools.bench.world import open_world
 from runtime.tools.client import AtlanticClient
 
 # --- this run ------------------------------------------------------------------------------------
@@ -31,9 +32,17 @@ def unique_email(tag: str = "user") -> str:
 
 
 # orders and payments act on every OrderCreated, and the catalog's tests drive the saga by hand,
-# so the shared system runs without them; the saga's tests start worlds of their own (saga_world),
+# so the shared system runs without them; the saga's tests start worlds of their own
+# (runtime.tools.bench.world),
 # and so do the dashboard's (test_web.py).
 SHARED_SETS = [name for name in HANDLER_SETS if name not in ("orders", "payments", "web")]
+
+
+def world_of_its_own(settings, tag: str, **options):
+    """open_world for a test: a database atlantic_test_<run>_<tag>, kept with
+    ATLANTIC_KEEP_TEST_DB."""
+    return open_world(settings, f"test_{RUN_ID}_{tag}",
+                      keep=bool(os.environ.get("ATLANTIC_KEEP_TEST_DB")), **options)
 
 
 # --- waiting for an outcome ----------------------------------------------------------------------
@@ -52,13 +61,7 @@ async def eventually(check, *, seconds: float = 10.0, interval: float = 0.05):
 # --- signed-in clients ---------------------------------------------------------------------------
 
 async def sign_up(client: AtlanticClient, tag: str = "customer") -> tuple[AtlanticClient, dict]:
-    email = unique_email(tag)
-    reply = await client.call("atlantic.users.register",
-                              {"email": email, "password": TEST_PASSWORD, "name": tag})
-    assert reply.ok, reply.body
-    login = await client.call("atlantic.users.login", {"email": email, "password": TEST_PASSWORD})
-    assert login.ok, login.body
-    return client.signed_in(login.body["token"]), reply.body
+    return await client.sign_up(unique_email(tag), TEST_PASSWORD, tag)
 
 
 # --- the atlantic command ------------------------------------------------------------------------

@@ -8,11 +8,10 @@ import time
 
 import nats
 import pytest
-from support import RUN_ID, TEST_PASSWORD, eventually, unique_email
+from support import TEST_PASSWORD, eventually, unique_email, world_of_its_own
 
 from contracts.events import STREAM
 from runtime.streams import StreamRefused, ensure_stream
-from runtime.tools.bench.world import open_world
 from runtime.tools.loadgen import LoadConfig, LoadGen
 from runtime.tools.readiness import answering
 
@@ -23,7 +22,7 @@ IDEMPOTENT = ("products.list", "products.get", "track", "orders.create")
 async def test_the_stream_leader_killed_under_load_loses_nothing_and_fails_nobody(settings):
     base = settings.model_copy(update={"admin_email": unique_email("cluster-admin"),
                                        "admin_password": TEST_PASSWORD})
-    async with open_world(base, f"cluster_{RUN_ID}", nodes=3) as world:
+    async with world_of_its_own(base, "cluster", nodes=3) as world:
         await _stream_of_one_replica(world.settings)  # as a system that grew would have it
         await world.serve(["users", "catalog", "orders", "analytics"], key="a")
         await world.serve(["catalog", "orders", "payments"], key="b")

@@ -18,17 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
-from saga_world import SAGA_SETS, World, start_set, stop_all
-from support import RUN_ID, TEST_PASSWORD, unique_email
+from support import world_of_its_own
 
 from contracts.base import MAX_REQUEST_BYTES
 from handlers import HANDLER_SETS
 from handlers.endpoints import request_model
-from runtime.app import build_app
-from runtime.tools.bootstrap import ensure_admin
+from runtime.tools.bench.world import SAGA_SETS
 from runtime.tools.client import AtlanticClient
-from runtime.tools.services import NatsServer, free_port
-from storage.postgres import create_database, drop_database
 
 settings.register_profile("thorough", max_examples=10_000)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE")
@@ -117,34 +113,13 @@ def bodies(model: Any) -> st.SearchStrategy[bytes]:
 # --- The system: every set, on servers of its own ---------------------------------------------
 
 @pytest.fixture(scope="module")
-async def admin(settings, tmp_path_factory) -> AsyncIterator[AtlanticClient]:
+async def admin(settings) -> AsyncIterator[AtlanticClient]:
     """Every set (analytics in a process of its own: chDB is one data directory per process),
     a database and Redis prefix of its own, since fuzzed bodies that are valid change things;
     an admin's session, so bodies get past authorization to validation and the handlers."""
-    root = tmp_path_factory.mktemp("fuzz")
-    nats = NatsServer(free_port(), root / "store").start()
-    dsn = settings.postgres_dsn.replace(f"atlantic_test_{RUN_ID}", f"atlantic_test_{RUN_ID}_fuzz")
-    own = settings.model_copy(update={
-        "nats_url": nats.url, "postgres_dsn": dsn, "redis_prefix": f"atlantic-test-{RUN_ID}-fuzz:",
-        "data_dir": str(root / "data")})
-    await create_database(dsn)
-    email = unique_email("fuzz-admin")
-    await ensure_admin(own, email, TEST_PASSWORD)
-    client = await AtlanticClient.connect(nats.url)
-    world = World(own, nats, client, client, operator=client, db=None, client_url=nats.url)
-    try:
-        async with build_app(own, SAGA_SETS):
-            await start_set(world, "analytics")
-            login = await client.call("atlantic.users.login",
-                                      {"email": email, "password": TEST_PASSWORD})
-            assert login.ok, login.body
-            yield client.signed_in(login.body["token"])
-            assert not await stop_all(world)
-    finally:
-        await client.close()
-        nats.stop()
-        if not os.environ.get("ATLANTIC_KEEP_TEST_DB"):
-            await drop_database(dsn)
+    async with world_of_its_own(settings, "fuzz", sets=SAGA_SETS, in_process=True) as world:
+        await world.serve(["analytics"])
+        yield world.admin
 
 
 def test_every_set_and_request_model_is_fuzzed():

@@ -2,9 +2,8 @@
 chDB in a directory of its own): its audit passes, so every order it placed ended where its plan
 said and analytics agrees with PostgreSQL."""
 
-from support import RUN_ID, TEST_PASSWORD, unique_email
+from support import TEST_PASSWORD, unique_email, world_of_its_own
 
-from runtime.tools.bench.world import open_world
 from runtime.tools.loadgen import LoadConfig, run_loadgen
 
 ALL_SETS = ["users", "catalog", "orders", "payments", "analytics"]
@@ -13,7 +12,7 @@ ALL_SETS = ["users", "catalog", "orders", "payments", "analytics"]
 async def test_loadgen_audit_passes_against_a_running_system(settings):
     base = settings.model_copy(update={"admin_email": unique_email("loadgen-admin"),
                                        "admin_password": TEST_PASSWORD})
-    async with open_world(base, f"loadgen_{RUN_ID}") as world:
+    async with world_of_its_own(base, "loadgen") as world:
         await world.serve(ALL_SETS)
         # Stops at 30 orders however slow the machine: a time limit placed fewer on a busy one.
         config = LoadConfig(nats_url=world.settings.nats_url, admin_email=base.admin_email,

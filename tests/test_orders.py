@@ -7,19 +7,19 @@ from decimal import Decimal
 
 import pytest
 from nats.js.api import PubAck
-from saga_world import World, open_world
-from support import eventually
+from support import eventually, world_of_its_own
 
 from contracts.base import new_id
 from contracts.events import STREAM, Event, InventoryReserved, PaymentProcessed, StockItem
 from handlers.orders.saga import LIFECYCLE_CONSUMER
+from runtime.tools.bench.world import SAGA_SETS, World
 from storage import orders as store
 
 
 @pytest.fixture(scope="module")
-async def world(settings, tmp_path_factory) -> AsyncIterator[World]:
-    async with open_world(settings, tmp_path_factory.mktemp("nats-orders"), "one-process",
-                          "orders") as world:
+async def world(settings) -> AsyncIterator[World]:
+    async with world_of_its_own(settings, "orders", sets=SAGA_SETS, in_process=True,
+                                nats_users=True) as world:
         yield world
 
 

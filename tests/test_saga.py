@@ -8,17 +8,17 @@ from decimal import Decimal
 from urllib.request import urlopen
 
 import pytest
-from saga_world import SAGA_SETS, World, open_world
-from support import LIFECYCLE, check_event, eventually, read_events
+from support import LIFECYCLE, check_event, eventually, read_events, world_of_its_own
 
 from handlers.orders.deadlines import DEADLINE_REASON
+from runtime.tools.bench.world import SAGA_SETS, World
 
 
 @pytest.fixture(scope="module", params=["one-process", "process-per-set"])
-async def world(request, settings, tmp_path_factory) -> AsyncIterator[World]:
+async def world(request, settings) -> AsyncIterator[World]:
     shape = request.param
-    store = tmp_path_factory.mktemp(f"nats-{shape}")
-    async with open_world(settings, store, shape, f"saga_{shape.replace('-', '_')}") as world:
+    async with world_of_its_own(settings, f"saga_{shape.replace('-', '_')}", sets=SAGA_SETS,
+                                in_process=shape == "one-process", nats_users=True) as world:
         yield world
 
 

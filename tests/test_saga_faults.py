@@ -7,22 +7,21 @@ import signal
 from collections.abc import AsyncIterator
 
 import pytest
-from saga_world import World, open_world, start_set, stop_set
-from support import eventually
+from support import eventually, world_of_its_own
 
 from contracts.base import new_id
 from contracts.events import STREAM
 from handlers import HANDLER_SETS
 from runtime import accounts
+from runtime.tools.bench.world import SAGA_SETS, World
 from runtime.tools.client import AtlanticClient, until_answered
 
 ORDERS_UNDER_RESTART = 1_000
 
 
 @pytest.fixture(scope="module")
-async def world(settings, tmp_path_factory) -> AsyncIterator[World]:
-    async with open_world(settings, tmp_path_factory.mktemp("nats-faults"), "process-per-set",
-                          "faults") as world:
+async def world(settings) -> AsyncIterator[World]:
+    async with world_of_its_own(settings, "faults", sets=SAGA_SETS, nats_users=True) as world:
         yield world
 
 
@@ -90,7 +89,7 @@ async def kill_mid_flight(world: World, name: str) -> int:
         return False
 
     await eventually(frozen_holding_events, seconds=60, interval=0.01)
-    await stop_set(world, name, signal.SIGKILL)
+    await world.stop(name, signal.SIGKILL)
     return await in_flight(world, name)
 
 
@@ -114,7 +113,7 @@ async def test_consumers_killed_mid_flight_change_nothing_twice(world: World):
             return await kill_mid_flight(world, name)
         finally:
             killed.set()
-            await start_set(world, name)
+            await world.serve([name])
             await shopping
 
     left_unacked = {name: await kill_while_shopping(name)

@@ -6,9 +6,9 @@ import shutil
 from collections.abc import AsyncIterator
 
 import pytest
-from saga_world import World, open_world, start_set, stop_set
-from support import TEST_PASSWORD, eventually, sign_up, unique_email
+from support import TEST_PASSWORD, eventually, sign_up, unique_email, world_of_its_own
 
+from runtime.tools.bench.world import SAGA_SETS, World
 from runtime.tools.bootstrap import ensure_admin
 from runtime.tools.services import free_port
 
@@ -33,15 +33,14 @@ class Shop:
 
 
 @pytest.fixture(scope="module")
-async def shop(settings, tmp_path_factory) -> AsyncIterator[Shop]:
-    root = tmp_path_factory.mktemp("web")
+async def shop(settings) -> AsyncIterator[Shop]:
     port = free_port()
-    async with open_world(settings, root / "nats", "one-process", "web",
-                          web_port=port) as world:
+    async with world_of_its_own(settings, "web", sets=SAGA_SETS, in_process=True,
+                                nats_users=True, web_port=port) as world:
         admin_email = unique_email("web-admin")
         await ensure_admin(world.settings, admin_email, TEST_PASSWORD)
-        await start_set(world, "analytics")
-        await start_set(world, "web")
+        await world.serve(["analytics"])
+        await world.serve(["web"])
         yield Shop(world, f"http://127.0.0.1:{port}", admin_email)
 
 
@@ -248,9 +247,9 @@ async def test_a_stream_cut_by_restarting_the_web_set_recovers(page, shop):
     await signed_in_dashboard(page, shop)
     await page.evaluate("window.notReloaded = true")
 
-    await stop_set(shop.world, "web")
+    await shop.world.stop("web")
     await expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
-    await start_set(shop.world, "web")
+    await shop.world.serve(["web"])
     await expect(page.locator("#connection")).to_have_attribute("data-state", "live",
                                                                  timeout=15_000)
     before = int(await figure(page, "orders"))

@@ -58,6 +58,18 @@ class AtlanticClient:
         body = json.loads(msg.data) if msg.data else None
         return Reply(status, body, msg_headers)
 
+    async def sign_up(self, email: str, password: str, name: str
+                      ) -> tuple["AtlanticClient", dict]:
+        """Registers an account and signs in: the signed-in client and the account."""
+        account = await self.call("atlantic.users.register",
+                                  {"email": email, "password": password, "name": name})
+        if not account.ok:
+            raise RuntimeError(f"register {email}: {account.status} {account.body}")
+        login = await self.call("atlantic.users.login", {"email": email, "password": password})
+        if not login.ok:
+            raise RuntimeError(f"login {email}: {login.status} {login.body}")
+        return self.signed_in(login.body["token"]), account.body
+
     async def call_or_none(self, subject: str, payload: Any = None, **options: Any
                            ) -> Reply | None:
         """`call`, with None when no answer came (no responders, a timeout, a reconnect)."""

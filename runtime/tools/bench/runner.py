@@ -366,7 +366,7 @@ async def ingest(base: Settings, sizes: Sizes, rss: dict[str, float]) -> list[Ro
             await _publish(js, backlog)
             ours = len(backlog) / (await _drained(js, "analytics-ingest") - began)
             rss["analytics (ingest)"] = peak_rss_mb(analytics.pid)
-            world.stop("analytics")  # chDB: one process per directory
+            await world.stop("analytics")  # chDB: one process per directory
             lags = [json.loads(_run_module("runtime.tools.bench.queries", "lag",
                                            world.settings.data_dir, s.since.isoformat(),
                                            s.until.isoformat())) for s in steady]
