@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from handlers.catalog.service import catalog
+from handlers.catalog import catalog
 from storage import catalog as catalog_db
 from storage.cache import ProductCache
 

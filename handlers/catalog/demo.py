@@ -8,7 +8,7 @@ import asyncpg
 
 from contracts.catalog import CreateProduct
 from contracts.events import ProductCreated
-from handlers.catalog.service import SCHEMA
+from handlers.catalog import SCHEMA
 from storage import catalog as catalog_db
 from storage import outbox
 

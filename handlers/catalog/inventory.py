@@ -12,8 +12,8 @@ from contracts.catalog import (
 )
 from contracts.errors import NotFound
 from contracts.events import InventoryAdjusted
+from handlers.catalog import SCHEMA, Cache, catalog
 from handlers.catalog.events import low_stock_events
-from handlers.catalog.service import SCHEMA, Cache, catalog
 from handlers.deps import Admin, Db, Pool
 from storage import catalog as catalog_db
 from storage import outbox

@@ -17,7 +17,7 @@ from contracts.catalog import (
 )
 from contracts.errors import NotFound
 from contracts.events import ProductCreated, ProductUpdated
-from handlers.catalog.service import SCHEMA, Cache, catalog
+from handlers.catalog import SCHEMA, Cache, catalog
 from handlers.deps import Admin, Db, Pool
 from handlers.endpoints import StoredReply
 from storage import catalog as catalog_db

@@ -26,9 +26,9 @@ from contracts.events import (
     PaymentProcessed,
 )
 from handlers.batches import EventBatch
+from handlers.catalog import catalog
 from handlers.catalog.events import low_stock_events, reservation_events
 from handlers.catalog.holds import StockBook, Transition
-from handlers.catalog.service import catalog
 from storage.cache import ProductCache
 
 log = logging.getLogger("atlantic.catalog")

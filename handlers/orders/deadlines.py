@@ -7,7 +7,7 @@ import asyncpg
 from faststream.context import ContextRepo
 
 from contracts.events import OrderCancelled
-from handlers.orders.service import SCHEMA, orders
+from handlers.orders import SCHEMA, orders
 from storage import orders as store
 from storage import outbox
 

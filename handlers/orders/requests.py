@@ -44,8 +44,7 @@ from contracts.orders import (
     StatusChange,
 )
 from handlers.deps import Admin, Context, CurrentUser, Db, NatsBroker, NatsMessage, Pool
-from handlers.orders.lifecycle import CANCELLABLE
-from handlers.orders.service import (
+from handlers.orders import (
     SCHEMA,
     Outbox,
     QuoteTimeout,
@@ -53,6 +52,7 @@ from handlers.orders.service import (
     request_quote,
     visible_to,
 )
+from handlers.orders.lifecycle import CANCELLABLE
 from storage import deadletters, outbox
 from storage import orders as store
 

@@ -24,8 +24,8 @@ from contracts.events import (
 )
 from contracts.orders import OrderStatus
 from handlers.batches import EventBatch
+from handlers.orders import orders
 from handlers.orders.lifecycle import step
-from handlers.orders.service import orders
 from storage import orders as store
 
 log = logging.getLogger("atlantic.orders")
