@@ -41,8 +41,7 @@ class ServerQueries:
         self.store = store
 
     async def call(self, subject: str, payload: dict) -> Reply:
-        # The module: `handlers.analytics` as an attribute is the handler set.
-        h = importlib.import_module("handlers.analytics")
+        h = importlib.import_module("handlers.analytics.requests")
 
         request, handler = {
             contract.SUMMARY: (contract.Summary, h.summary),

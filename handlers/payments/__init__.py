@@ -1,34 +1,18 @@
 """The payments set: one charge per order through a PaymentProvider, refunds on cancel and
-return (DESIGN "The order saga", steps 3 and 6)."""
+return (DESIGN "The order saga", steps 3 and 6).
 
-import asyncio
+This module is the set itself: its HandlerSet, and the payment provider its handlers charge
+through. The handlers are in saga.py (the order events) and requests.py, imported at the end,
+so that they find the set here when they register on it.
+"""
+
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import replace
-from decimal import Decimal
-from typing import Annotated
 
 from faststream.context import ContextRepo
-from pydantic import Field
 
-from contracts.errors import NotFound
-from contracts.events import (
-    ORDER_CANCELLED,
-    ORDER_CREATED,
-    ORDER_RETURNED,
-    ORDER_VALIDATED,
-    OrderCancelled,
-    OrderCreated,
-    OrderReturned,
-    OrderValidated,
-    PaymentProcessed,
-)
-from contracts.payments import GET, GetPayment, Payment, PaymentState
-from handlers.batches import EventBatch
-from handlers.deps import Admin, Db
 from handlers.handler_set import HandlerSet
-from handlers.payments.provider import PaymentProvider, SandboxProvider
-from storage import payments as store
+from handlers.payments.provider import SandboxProvider
 from storage.postgres import open_pool
 
 SCHEMA = "payments"
@@ -36,11 +20,6 @@ CONSUMER = "payments-orders"
 
 payments = HandlerSet("payments", "Charges and refunds, one charge per order",
                       outbox_schema=SCHEMA)
-
-
-# The order events payments act on, told apart by their "event" field.
-PaymentEvent = Annotated[OrderCreated | OrderValidated | OrderCancelled | OrderReturned,
-                         Field(discriminator="event")]
 
 
 @payments.lifespan
@@ -59,111 +38,7 @@ async def payment_provider(context: ContextRepo) -> AsyncIterator[None]:
         await pool.close()
 
 
-class PaymentBook:
-    """The batch's payments, changed in memory event by event, then written in one statement.
-    Each order's events are applied in order; different orders' at once, since a provider's
-    answer takes a network round trip."""
+# The handlers, registered on the set as they are imported (they import the set from here).
+from handlers.payments import requests, saga  # noqa: E402
 
-    def __init__(self, batch: EventBatch[PaymentEvent], found: dict[str, store.PaymentRow]):
-        self.batch, self.payments = batch, found
-        self.provider: PaymentProvider = batch.context.get("payment_provider")
-        self.new: set[str] = set()
-        self.changed: set[str] = set()
-        self.decline_reasons: dict[str, str | None] = {}
-
-    @classmethod
-    async def open(cls, batch: EventBatch[PaymentEvent]) -> "PaymentBook":
-        return cls(batch, await store.lock_many(batch.db, {e.order_id for e in batch.events}))
-
-    async def apply(self, events: list[PaymentEvent]) -> None:
-        for event in events:
-            match event:
-                case OrderCreated():
-                    self._remember(event.order_id, event.customer_id,
-                                   Decimal(event.total_price), "PENDING")
-                case OrderValidated(is_valid=True):
-                    await self._charge(event)
-                case OrderCancelled():
-                    await self._refund(event.order_id, None, "cancel")
-                case OrderReturned():
-                    await self._refund(event.order_id, Decimal(event.refund_amount), "return")
-
-    def _remember(self, order_id: str, customer_id: str, amount: Decimal,
-                  state: PaymentState) -> None:
-        """Learns an order's amount; a payment already there (even a VOIDED one) wins."""
-        if order_id not in self.payments:
-            self.payments[order_id] = store.PaymentRow(order_id, customer_id, state, amount,
-                                                       None, Decimal(0), Decimal(0))
-            self.new.add(order_id)
-
-    def _set(self, order_id: str, state: PaymentState, **fields: object) -> None:
-        self.payments[order_id] = replace(self.payments[order_id], state=state, **fields)
-        self.changed.add(order_id)
-
-    async def _charge(self, event: OrderValidated) -> None:
-        payment = self.payments.get(event.order_id)
-        if payment is None:
-            self.batch.retry_later(event, f"no OrderCreated seen yet for order {event.order_id}")
-            return
-        if payment.state != "PENDING":
-            return  # voided by a cancel that came first, or already charged
-        result = await self.provider.charge(f"charge-{payment.order_id}", payment.customer_id,
-                                            payment.amount)
-        if result.approved:
-            self._set(payment.order_id, "CHARGED", payment_id=result.payment_id,
-                      charged_amount=payment.amount)
-        else:
-            self._set(payment.order_id, "DECLINED", payment_id=result.payment_id)
-            self.decline_reasons[payment.order_id] = result.decline_reason
-        self.batch.emit(PaymentProcessed(
-            order_id=payment.order_id, payment_id=result.payment_id,
-            payment_status="SUCCESS" if result.approved else "FAILED", amount=payment.amount))
-
-    async def _refund(self, order_id: str, amount: Decimal | None, why: str) -> None:
-        """Gives back `amount` (all that is left when None) of a charge; voids an uncharged
-        one; remembers a cancel that overtook its order, so no charge follows it."""
-        payment = self.payments.get(order_id)
-        if payment is None:
-            self._remember(order_id, "", Decimal(0), "VOIDED")
-            return
-        if payment.state == "PENDING":
-            self._set(order_id, "VOIDED")
-            return
-        left = payment.charged_amount - payment.refunded_amount
-        amount = left if amount is None else min(amount, left)
-        if payment.state not in ("CHARGED", "REFUNDED") or amount <= 0:
-            return
-        await self.provider.refund(f"refund-{why}-{order_id}", payment.payment_id,
-                                   payment.customer_id, amount)
-        self._set(order_id, "REFUNDED", refunded_amount=payment.refunded_amount + amount)
-        self.batch.emit(PaymentProcessed(
-            order_id=order_id, payment_id=payment.payment_id, payment_status="REFUNDED",
-            amount=amount))
-
-    async def write(self) -> None:
-        def change(order_id: str) -> store.PaymentChange:
-            return store.PaymentChange(self.payments[order_id],
-                                       self.decline_reasons.get(order_id))
-
-        await store.write(self.batch.db, [change(o) for o in sorted(self.new)],
-                          [change(o) for o in sorted(self.changed - self.new)])
-
-
-@payments.event(ORDER_CREATED, ORDER_VALIDATED, ORDER_CANCELLED, ORDER_RETURNED, durable=CONSUMER)
-async def charge_or_refund(batch: EventBatch[PaymentEvent]) -> None:
-    """Charges validated orders once, refunds cancelled and returned ones; each event once."""
-    book = await PaymentBook.open(batch)
-    by_order: dict[str, list[PaymentEvent]] = {}
-    for event in batch.events:
-        by_order.setdefault(event.order_id, []).append(event)
-    await asyncio.gather(*(book.apply(events) for events in by_order.values()))
-    await book.write()
-
-
-@payments.request(GET)
-async def get_payment(req: GetPayment, _: Admin, db: Db) -> Payment:
-    """The payment of one order: its state, and what was charged and refunded."""
-    payment = await store.view(db, req.order_id)
-    if payment is None:
-        raise NotFound("payment for order", req.order_id)
-    return payment
+__all__ = ["payments", "requests", "saga"]

@@ -6,7 +6,7 @@ import asyncio
 from contracts.errors import Conflict
 from contracts.users import Register
 from handlers.catalog.demo import load_demo_catalog
-from handlers.users import create_account
+from handlers.users.requests import create_account
 from runtime.settings import Settings
 from storage.migrations import apply_migrations
 from storage.postgres import create_database, open_pool
