@@ -8,17 +8,14 @@ import asyncio
 import signal
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-import asyncpg
-import nats
 import pytest
 from batch_probe import DURABLE, SCHEMA, SUBJECT, TABLES, Ping, batches, probe
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from support import RUN_ID, cli_env, eventually
+from support import cli_env, eventually, world_of_its_own
 
 from contracts.base import new_id
 from contracts.events import (
@@ -36,55 +33,37 @@ from contracts.events import (
 )
 from handlers import HANDLER_SETS
 from runtime.app import build_app
-from runtime.settings import Settings
 from runtime.streams import ensure_stream
-from runtime.tools.services import NatsServer, free_port
+from runtime.tools.bench.world import World
 from storage import deadletters
 from storage import orders as order_store
-from storage.migrations import apply_migrations
-from storage.postgres import create_database, drop_database
-
-
-@dataclass
-class World:
-    settings: Settings
-    db: asyncpg.Pool
-    js: JetStreamContext
 
 
 @pytest.fixture(scope="module")
-async def world(settings, tmp_path_factory) -> AsyncIterator[World]:
+async def world(settings) -> AsyncIterator[World]:
     """A NATS server and database of its own, with no handler set running until a test starts
     one; long lingers, so what is published beforehand is taken as one batch."""
-    server = NatsServer(free_port(), tmp_path_factory.mktemp("nats-batches") / "store").start()
-    dsn = settings.postgres_dsn.replace(f"atlantic_test_{RUN_ID}",
-                                        f"atlantic_test_{RUN_ID}_batches")
-    world_settings = settings.model_copy(update={
-        "nats_url": server.url, "postgres_dsn": dsn,
-        "redis_prefix": f"atlantic-test-{RUN_ID}-batches:",
-        "event_batch_linger_seconds": 0.3, "event_ack_wait_seconds": 1.0})
-    await create_database(dsn)
-    await asyncio.to_thread(apply_migrations, dsn)
-    db = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-    await db.execute(TABLES)
-    nc = await nats.connect(server.url)
-    await ensure_stream(nc.jetstream(), world_settings)
-    HANDLER_SETS[probe.name] = probe
-    try:
-        yield World(world_settings, db, nc.jetstream())
-    finally:
-        del HANDLER_SETS[probe.name]
-        await nc.close()
-        await db.close()
-        server.stop()
-        await drop_database(dsn)
+    async with world_of_its_own(settings, "batches", event_batch_linger_seconds=0.3,
+                                event_ack_wait_seconds=1.0) as world:
+        await world.db.execute(TABLES)
+        await ensure_stream(js(world), world.settings)
+        HANDLER_SETS[probe.name] = probe
+        try:
+            yield world
+        finally:
+            del HANDLER_SETS[probe.name]
+
+
+def js(world: World) -> JetStreamContext:
+    """The stream by hand, as the operator."""
+    return world.operator.nc.jetstream()
 
 
 async def publish(world: World, event: Ping | Event, *, msg_id: str | None = None) -> None:
     """With the event id as Nats-Msg-Id, or with `msg_id=""` none at all: JetStream then keeps
     every copy, as after its duplicate window."""
     msg_id = event.event_id if msg_id is None else msg_id
-    await world.js.publish(SUBJECT if isinstance(event, Ping) else event.subject,
+    await js(world).publish(SUBJECT if isinstance(event, Ping) else event.subject,
                            event.model_dump_json().encode(), stream=STREAM,
                            headers={"Nats-Msg-Id": msg_id} if msg_id else None)
 
@@ -184,7 +163,7 @@ async def test_a_consumer_killed_between_commit_and_acks_applies_its_batch_once(
         env=cli_env(world.settings))
     assert await asyncio.wait_for(process.wait(), 60) == -signal.SIGKILL
     committed = await applied(world, range(401, 404))
-    killed = await world.js.consumer_info(STREAM, DURABLE)
+    killed = await js(world).consumer_info(STREAM, DURABLE)
     async with build_app(world.settings, [probe.name]):
         info = await eventually(lambda: _all_acked(world))
 
@@ -195,7 +174,7 @@ async def test_a_consumer_killed_between_commit_and_acks_applies_its_batch_once(
 
 
 async def _all_acked(world: World):
-    info = await world.js.consumer_info(STREAM, DURABLE)
+    info = await js(world).consumer_info(STREAM, DURABLE)
     return info if info.num_pending == 0 and info.num_ack_pending == 0 else None
 
 
@@ -239,13 +218,13 @@ async def _status_is(world: World, order_id: str, status: str) -> bool:
 async def test_a_consumer_an_older_atlantic_declared_is_updated_in_place(world: World):
     """FastStream declared payments-orders on every order event, with a backoff that made its
     ack wait 50 ms; it keeps its place and gets exactly its subjects and the ack wait."""
-    await world.js.add_consumer(STREAM, ConsumerConfig(
+    await js(world).add_consumer(STREAM, ConsumerConfig(
         durable_name="payments-orders", filter_subject="atlantic.events.order.>",
         ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, max_deliver=6,
         backoff=[0.05, 0.25, 1.0, 3.0, 10.0]))
 
     async with build_app(world.settings, ["payments"]):
-        info = await world.js.consumer_info(STREAM, "payments-orders")
+        info = await js(world).consumer_info(STREAM, "payments-orders")
 
     assert sorted(info.config.filter_subjects) == sorted(
         s for c in HANDLER_SETS["payments"].consumers for s in c.subjects)
@@ -257,13 +236,13 @@ async def test_the_catalog_consumers_of_an_older_atlantic_hand_over_to_one(world
     their inbox marks, and they are removed."""
     formers = {"catalog-release-cancelled": ORDER_CANCELLED, "catalog-ship-stock": ORDER_SHIPPED}
     for durable, subject in formers.items():
-        await world.js.add_consumer(STREAM, ConsumerConfig(
+        await js(world).add_consumer(STREAM, ConsumerConfig(
             durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.NEW))
     cancels = [OrderCancelled(order_id=new_id(), cancellation_reason="old") for _ in range(3)]
     for event in cancels:
         await publish(world, event)
-    old = await world.js.pull_subscribe_bind("catalog-release-cancelled", stream=STREAM)
+    old = await js(world).pull_subscribe_bind("catalog-release-cancelled", stream=STREAM)
     handled = await old.fetch(2, timeout=5)  # the old consumer applied the first two...
     await world.db.executemany(
         "INSERT INTO catalog.inbox (consumer, event_id) VALUES ('catalog-release-cancelled', $1)",
@@ -273,7 +252,7 @@ async def test_the_catalog_consumers_of_an_older_atlantic_hand_over_to_one(world
 
     async with build_app(world.settings, ["catalog"]):
         await eventually(lambda: _hold_state(world, cancels[2].order_id))
-        names = [c.name for c in await world.js.consumers_info(STREAM)]
+        names = [c.name for c in await js(world).consumers_info(STREAM)]
 
     assert [await _hold_state(world, e.order_id) for e in cancels] == [None, None, "cancelled"]
     assert "catalog-stock" in names and not set(formers) & set(names)

@@ -3,17 +3,13 @@ a stranger's guesses do not lock the owner's known devices out, and failures acr
 (password spraying) are capped. Each case is tried over NATS against the users set."""
 
 import contextlib
-import os
 from collections.abc import AsyncIterator
 
 import pytest
-from support import RUN_ID, TEST_PASSWORD, eventually, unique_email
+from support import TEST_PASSWORD, eventually, unique_email, world_of_its_own
 
 from contracts.users import LOGIN, REGISTER
-from runtime.app import build_app
 from runtime.tools.client import AtlanticClient
-from runtime.tools.services import NatsServer, free_port
-from storage.postgres import create_database, drop_database
 
 WRONG = "not-the-password"
 
@@ -127,40 +123,25 @@ SPRAY_WINDOW = 8
 
 
 @contextlib.asynccontextmanager
-async def users_alone(settings, store, tag: str, **overrides) -> AsyncIterator[AtlanticClient]:
+async def users_alone(settings, tag: str, **overrides) -> AsyncIterator[AtlanticClient]:
     """The users set on its own NATS server, database and Redis prefix, with its own limits
     (the shared system's are left alone, and no other test's failures count here)."""
-    nats = NatsServer(free_port(), store).start()
-    dsn = settings.postgres_dsn.replace(f"atlantic_test_{RUN_ID}", f"atlantic_test_{RUN_ID}_{tag}")
-    own = settings.model_copy(update={
-        "nats_url": nats.url, "postgres_dsn": dsn, "redis_prefix": f"atlantic-test-{RUN_ID}-{tag}:",
-        **overrides})
-    await create_database(dsn)
-    try:
-        async with build_app(own, ["users"]):
-            client = await AtlanticClient.connect(nats.url)
-            try:
-                yield client
-            finally:
-                await client.close()
-    finally:
-        nats.stop()
-        if not os.environ.get("ATLANTIC_KEEP_TEST_DB"):
-            await drop_database(dsn)
+    async with world_of_its_own(settings, tag, sets=["users"], in_process=True,
+                                **overrides) as world:
+        yield world.client
 
 
 @pytest.fixture(scope="module")
-async def alone(settings, tmp_path_factory) -> AsyncIterator[AtlanticClient]:
-    async with users_alone(settings, tmp_path_factory.mktemp("nats-limits") / "store", "limits",
-                           login_attempts=ATTEMPTS, login_window_seconds=WINDOW) as client:
+async def alone(settings) -> AsyncIterator[AtlanticClient]:
+    async with users_alone(settings, "limits", login_attempts=ATTEMPTS,
+                           login_window_seconds=WINDOW) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-async def spray(settings, tmp_path_factory) -> AsyncIterator[AtlanticClient]:
+async def spray(settings) -> AsyncIterator[AtlanticClient]:
     """A global limit of SPRAY_LIMIT failures per window of SPRAY_WINDOW seconds."""
-    async with users_alone(settings, tmp_path_factory.mktemp("nats-spray") / "store", "spray",
-                           login_failures_global=SPRAY_LIMIT,
+    async with users_alone(settings, "spray", login_failures_global=SPRAY_LIMIT,
                            login_window_seconds=SPRAY_WINDOW) as client:
         yield client
 
