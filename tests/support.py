@@ -125,8 +125,8 @@ def orders_in(start: datetime, n: int, tag: str) -> list[OrderCreated]:
             for i in range(n) for price in [Decimal(i % 997 + 1) / 100]]
 
 
-def window(start: datetime) -> dict:
-    return {"from": start.isoformat(), "to": (start + timedelta(days=1)).isoformat()}
+def window(start: datetime, length: timedelta = timedelta(days=1)) -> dict:
+    return {"from": start.isoformat(), "to": (start + length).isoformat()}
 
 
 def as_messages(events, again: int = 0) -> list[tuple[str, bytes, str]]:
@@ -134,8 +134,8 @@ def as_messages(events, again: int = 0) -> list[tuple[str, bytes, str]]:
     return messages + [(s, b, f"again-{m}") for s, b, m in messages[:again]]
 
 
-async def summary(admin, start: datetime) -> dict:
-    reply = await admin.call(contract.SUMMARY, window(start))
+async def summary(admin, start: datetime, length: timedelta = timedelta(days=1)) -> dict:
+    reply = await admin.call(contract.SUMMARY, window(start, length))
     assert reply.ok, reply.body
     return reply.body
 

@@ -1,7 +1,6 @@
 """Analytics ingest under faults: failed inserts, a malformed event, and the ingest process
 killed with SIGKILL mid-stream. Nothing is lost and nothing is counted twice."""
 
-import asyncio
 import json
 import signal
 from datetime import UTC, datetime, timedelta
@@ -9,10 +8,8 @@ from decimal import Decimal
 
 import pytest
 from support import (
-    ATLANTIC,
     RUN_ID,
     as_messages,
-    cli_env,
     drained,
     eventually,
     orders_in,
@@ -20,15 +17,13 @@ from support import (
     publish_all,
     summary,
     window,
+    world_of_its_own,
 )
 
 from contracts import analytics as contract
 from contracts.base import new_id
-from contracts.events import InventoryAdjusted, OrderCreated, OrderItem
+from contracts.events import STREAM, InventoryAdjusted, OrderCreated, OrderItem
 from handlers.analytics.ingest import REPAIR_WINDOW_SECONDS
-from runtime.tools.client import AtlanticClient
-from runtime.tools.readiness import wait_until_answering
-from runtime.tools.services import NatsServer, free_port
 from storage import deadletters
 from storage.analytics.rows import ch_time, row
 
@@ -148,44 +143,39 @@ async def test_an_insert_that_died_before_its_views_is_repaired_once(system, adm
             "unitsReserved": 0} in whole[contract.INVENTORY]["products"]
 
 
-async def test_ingest_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
-        settings, database, admin, tmp_path):
-    nats = NatsServer(free_port(), tmp_path / "nats").start()
-    env = cli_env(settings, ATLANTIC_NATS_URL=nats.url, ATLANTIC_DATA_DIR=str(tmp_path / "data"),
-                  ATLANTIC_ANALYTICS_BATCH_SIZE="500", ATLANTIC_ANALYTICS_CONSUMER="ingest-kill",
-                  ATLANTIC_ANALYTICS_ACK_WAIT_SECONDS="3")
-    client = await AtlanticClient.connect(nats.url)
-    signed_in = client.signed_in(admin.token)
-    start = past_day(70)
-    events = orders_in(start, 20_000, f"kill-{RUN_ID}")
-    serving = None
-    try:
-        serving = await start_analytics(env, client)
-        await publish_all(client, as_messages(events, again=2_000))
+async def test_ingest_killed_mid_stream_loses_nothing_and_counts_nothing_twice(settings):
+    async with world_of_its_own(settings, "ingest_kill", sets=["users"], in_process=True,
+                                analytics_batch_size=500, analytics_consumer="ingest-kill",
+                                analytics_ack_wait_seconds=3) as world:
+        signed_in = world.admin
+        start = past_day(70)
+        events = orders_in(start, 20_000, f"kill-{RUN_ID}")
+        await world.serve(["analytics"])
+        await publish_all(world.client, as_messages(events, again=2_000))
 
         async def some_ingested():
             reply = await signed_in.call(contract.SUMMARY, window(start))
             return reply.ok and 0 < reply.body["orders"] < len(events)
 
         await eventually(some_ingested, seconds=30, interval=0.02)
-        serving.send_signal(signal.SIGKILL)
-        await serving.wait()
-        serving = await start_analytics(env, client)
+        await world.stop("analytics", signal.SIGKILL)
+        await world.serve(["analytics"])
 
         async def all_ingested():
             reply = await signed_in.call(contract.SUMMARY, window(start))
             return reply.ok and reply.body["ingest"]["pending"] == 0 and reply.body
 
-        body = await eventually(all_ingested, seconds=60, interval=0.2)
-        await asyncio.sleep(4)  # past the ack wait: a batch still in flight would show now
-        body = await eventually(all_ingested, seconds=60, interval=0.2)
+        async def all_acked():
+            """Every event delivered and acked: what the killed process held came back."""
+            info = await world.client.nc.jetstream().consumer_info(STREAM, "ingest-kill")
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await eventually(all_ingested, seconds=60, interval=0.2)
+        await eventually(all_acked, seconds=60, interval=0.2)
+        # A window no poll above asked for: figures computed now, not an answer reused from the
+        # last second (storage.analytics.REUSE_SECONDS).
+        body = await summary(signed_in, start, timedelta(days=1, seconds=1))
         figures = await derived_figures(signed_in, start)
-    finally:
-        if serving and serving.returncode is None:
-            serving.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(serving.wait(), 30)
-        await client.close()
-        nats.stop()
 
     assert body["orders"] == len(events)
     assert Decimal(str(body["revenue"])) == sum(e.total_price for e in events)
@@ -195,12 +185,4 @@ async def test_ingest_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
     assert Decimal(str(top[0]["revenue"])) == sum(e.total_price for e in events)
     assert figures[contract.FUNNEL]["orders"][0]["count"] == len(events)
     assert figures[contract.USERS]["customers"] == 1
-
-
-async def start_analytics(env: dict, client: AtlanticClient) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(ATLANTIC, "serve", "--handlers", "analytics",
-                                                   env=env)
-    await wait_until_answering(client.nc, "analytics", seconds=30,
-                               exited=lambda: process.returncode is not None)
-    return process
 
