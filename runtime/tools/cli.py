@@ -236,9 +236,10 @@ def bench(
         help="saga: comma-separated orders/s offered open loop, in sweep order")
     ] = "25,50,100,200,400",
     topologies: Annotated[str, typer.Option(
-        help="saga: comma-separated, of one (every set in one process, as `atlantic up`), "
-             "per-set, replicas (two per set), r3 (one, on a three-node NATS cluster, "
-             "stream R3)")] = "one,per-set,replicas",
+        help="saga: comma-separated, of up (every set in one process as `atlantic up` runs "
+             "them: NATS users, an application per set), one (the same on an open NATS "
+             "server), per-set, replicas (two per set), r3 (one, on a three-node NATS "
+             "cluster, stream R3)")] = "up,per-set,replicas",
     callers: Annotated[int, typer.Option(
         help="saga: closed-loop callers for peak throughput (one order in the saga each); "
              "0: none")] = 64,

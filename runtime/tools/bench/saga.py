@@ -28,6 +28,7 @@ import psutil
 
 from contracts.base import new_id
 from contracts.events import STREAM
+from runtime import accounts
 from runtime.settings import Settings
 from runtime.tools.bench.runner import Row, _product, echo_cpu, miss, ms, peak_rss_mb
 from runtime.tools.bench.world import World, open_world
@@ -44,8 +45,12 @@ TOPOLOGIES = {
     # "one" again, on a three-node NATS cluster with the stream on three replicas: the price
     # of replication (the nats-server column is then the first node's).
     "r3": ("one process, NATS cluster R3", [("all sets", SETS)]),
+    # "one" as `atlantic up` runs it: NATS with the users of deploy/nats.conf, so the process
+    # serves each set as an application of its own, with its own NATS user and connection.
+    "up": ("one process, NATS users (atlantic up)", [("all sets", SETS)]),
 }
 CLUSTERED = {"r3": 3}  # NATS nodes per topology; one unless named here
+WITH_NATS_USERS = {"up"}
 RATES = [25.0, 50.0, 100.0, 200.0, 400.0]
 GOOD_P99 = 0.25  # seconds created→RESERVED
 HOPELESS_P99 = 5.0  # a sweep stops after a rate this far gone, or one that lost orders
@@ -149,7 +154,7 @@ class Shop:
 
     def __init__(self, world: World, nc: nats.NATS, db: asyncpg.Connection):
         self.world, self.nc, self.db = world, nc, db
-        self.js = nc.jetstream()
+        self.js = world.operator.nc.jetstream()
         self.processes = {name: psutil.Process(p.pid) for name, p in world.processes.items()}
         self.processes[NATS_SERVER] = psutil.Process(world.nats.process.pid)
         self.tokens: list[str] = []
@@ -298,16 +303,20 @@ async def topology(base: Settings, short: str, plan: Plan, seconds: float,
                    rss: dict[str, float]) -> Result:
     name, layout = TOPOLOGIES[short]
     async with open_world(base, f"bench_saga_{short.replace('-', '_')}_{os.getpid()}",
-                          nodes=CLUSTERED.get(short, 1)) as world:
+                          nodes=CLUSTERED.get(short, 1),
+                          nats_users=short in WITH_NATS_USERS) as world:
         for process, sets in layout:
             await world.serve(sets, key=process)
-        nc = await nats.connect(world.settings.nats_servers)
+        # As a client application would (the `client` NATS user where the server has users);
+        # the stream's consumers are read as the operator.
+        nc = await accounts.connect(world.client_url)
         db = await asyncpg.connect(world.settings.postgres_dsn)
         try:
             shop = Shop(world, nc, db)
             await shop.stock()
             await shop.open_loop(10, 2)  # warm: pools, caches, consumers; not reported
-            echo = await asyncio.to_thread(echo_cpu, world.nats.url)
+            echo = await asyncio.to_thread(echo_cpu, accounts.url_for(
+                world.nats.url, world.settings.data_dir, "admin"))
             result = Result(name, [p for p, _ in layout], echo, await shop.idle(seconds),
                             callers=plan.callers)
             for rate in plan.rates:
