@@ -23,6 +23,7 @@ from pydantic import TypeAdapter
 from contracts.events import Event
 from storage import inbox
 from storage.outbox import OutboxRow
+from storage.postgres import Write
 
 E = TypeVar("E")
 
@@ -42,6 +43,7 @@ class EventBatch(Generic[E]):
     emitted: list[Event] = field(default_factory=list)
     retries: dict[str, str] = field(default_factory=dict)  # event id -> why it must wait
     hooks: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+    written: Write | None = None
 
     @property
     def events(self) -> list[E]:
@@ -50,6 +52,13 @@ class EventBatch(Generic[E]):
     def emit(self, *events: Event) -> None:
         """Queues events for the outbox; they are written with the batch and published after."""
         self.emitted.extend(events)
+
+    def write(self, changes: Write) -> None:
+        """The batch's changes, as one statement: it runs once the handler returns, with the
+        inbox marks and the outbox rows, in the same round trip."""
+        if self.written is not None:
+            raise RuntimeError("a batch has one write: gather its changes into it")
+        self.written = changes
 
     def retry_later(self, event: Event, reason: str) -> None:
         """This event comes too early: undo nothing (apply nothing of it) and redeliver it."""
@@ -98,12 +107,16 @@ async def apply(pool: asyncpg.Pool, schema: str | None, durable: str, handler: B
                     batch = EventBatch(db, todo, context)
                     await handler(batch)
                     if not schema:
+                        if batch.written:
+                            await batch.written.run(db)
                         return Applied([], batch.retries, batch.hooks)
                     done = [d.event_id for d in todo if d.event_id not in batch.retries]
-                    seen, rows = await inbox.record_batch(db, schema, durable, done,
-                                                          batch.emitted)
+                    seen, rows, answer = await inbox.record_batch(
+                        db, schema, durable, done, batch.emitted, batch.written)
                     if seen:
                         raise _SeenBefore(seen)
+                    if batch.written:
+                        batch.written.check(answer)
                     return Applied(rows, batch.retries, batch.hooks)
             except _SeenBefore as redelivered:
                 todo = [d for d in todo if d.event_id not in redelivered.event_ids]

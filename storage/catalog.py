@@ -25,7 +25,7 @@ from contracts.catalog import (
     QuotedLine,
 )
 from contracts.errors import Conflict, Unprocessable
-from storage.postgres import ConcurrentChange
+from storage.postgres import ConcurrentChange, Write
 
 _PRODUCT = ("id AS product_id, sku, name, description, price, category, active,"
             " on_hand - held - reserved AS available, created_at, updated_at")
@@ -314,13 +314,18 @@ async def lock_holds(db: asyncpg.Connection, order_ids: Iterable[str],
     return holds, stock
 
 
-async def write_holds(db: asyncpg.Connection, new: dict[str, HoldRow],
-                      changed: dict[str, HoldState], moved: dict[str, list[int]]) -> None:
+def hold_changes(new: dict[str, HoldRow], changed: dict[str, HoldState],
+                 moved: dict[str, list[int]]) -> Write:
     """New holds with their lines, the states that changed, and the stock moved (per product:
     on_hand, held and reserved deltas), in one statement."""
     lines = [(o, p, q) for o, hold in new.items() for p, q in hold.lines.items()]
-    inserted = await db.fetchval(
-        "WITH added AS (INSERT INTO catalog.holds (order_id, state, expires_at)"
+
+    def check(inserted: int) -> None:
+        if inserted != len(new):
+            raise ConcurrentChange(f"{len(new) - inserted} holds were created meanwhile")
+
+    return Write(
+        "added AS (INSERT INTO catalog.holds (order_id, state, expires_at)"
         "  SELECT o, s, now() + make_interval(secs => e)"
         "  FROM unnest($1::text[], $2::text[], $3::float8[]) AS n(o, s, e)"
         "  ON CONFLICT DO NOTHING RETURNING 1),"
@@ -332,14 +337,13 @@ async def write_holds(db: asyncpg.Connection, new: dict[str, HoldRow],
         " stock AS (UPDATE catalog.products p SET on_hand = p.on_hand + m.on_hand,"
         "  held = p.held + m.held, reserved = p.reserved + m.reserved"
         "  FROM unnest($9::text[], $10::int[], $11::int[], $12::int[])"
-        "   AS m(id, on_hand, held, reserved) WHERE p.id = m.id)"
-        " SELECT count(*) FROM added",
-        list(new), [h.state for h in new.values()], [h.expires_in for h in new.values()],
-        [o for o, _, _ in lines], [p for _, p, _ in lines], [q for _, _, q in lines],
-        list(changed), list(changed.values()),
-        list(moved), *([m[i] for m in moved.values()] for i in range(3)))
-    if inserted != len(new):
-        raise ConcurrentChange(f"{len(new) - inserted} holds were created meanwhile")
+        "   AS m(id, on_hand, held, reserved) WHERE p.id = m.id)",
+        "(SELECT count(*) FROM added)",
+        (list(new), [h.state for h in new.values()], [h.expires_in for h in new.values()],
+         [o for o, _, _ in lines], [p for _, p, _ in lines], [q for _, _, q in lines],
+         list(changed), list(changed.values()),
+         list(moved), *([m[i] for m in moved.values()] for i in range(3))),
+        check)
 
 
 async def release_expired(db: asyncpg.Connection, *, limit: int) -> list[str]:

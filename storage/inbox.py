@@ -2,12 +2,14 @@
 so a redelivered event finds its mark and changes nothing."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
 from contracts.events import Event
 from storage import outbox
 from storage.outbox import OutboxRow
+from storage.postgres import Write
 
 
 def _table(schema: str) -> str:
@@ -26,22 +28,26 @@ async def first_time(db: asyncpg.Connection, schema: str, consumer: str, event_i
 
 async def record_batch(db: asyncpg.Connection, schema: str, consumer: str,
                        event_ids: Sequence[str], emitted: Sequence[Event],
-                       ) -> tuple[set[str], list[OutboxRow]]:
-    """Marks a batch's events as handled and queues what it emitted, in one statement (the
-    caller publishes the rows once committed). Returns the events that were marked already (by
-    an earlier delivery, or a replica's transaction this one waited for) with the rows: when
-    there are any, the caller must roll back and apply the batch again without them. Sorted,
-    so two transactions waiting on each other's marks never form a cycle."""
+                       write: Write | None = None) -> tuple[set[str], list[OutboxRow], Any]:
+    """Marks a batch's events as handled and queues what it emitted, with the batch's own
+    `write` when it has one, in one statement (the caller publishes the rows once committed).
+    Returns the events that were marked already (by an earlier delivery, or a replica's
+    transaction this one waited for), the rows, and the write's answer, unchecked: when events
+    were marked already, the caller must roll back and apply the batch again without them.
+    Sorted, so two transactions waiting on each other's marks never form a cycle."""
     rows = outbox.rows(emitted)
-    marked = await db.fetchval(
-        f"WITH marked AS (INSERT INTO {_table(schema)} (consumer, event_id)"
-        "  SELECT $1, id FROM unnest($2::text[]) AS id ORDER BY id"
+    n = len(write.args) if write else 0  # the write's parameters come first
+    written = await db.fetchrow(
+        f"WITH {write.ctes + ', ' if write else ''}"
+        f" marked AS (INSERT INTO {_table(schema)} (consumer, event_id)"
+        f"  SELECT ${n + 1}, id FROM unnest(${n + 2}::text[]) AS id ORDER BY id"
         "  ON CONFLICT DO NOTHING RETURNING event_id),"
         f" queued AS (INSERT INTO {outbox.table(schema)} (event_id, subject, payload)"
-        "  SELECT * FROM unnest($3::text[], $4::text[], $5::bytea[]))"
-        " SELECT coalesce(array_agg(event_id), '{}') FROM marked",
-        consumer, sorted(event_ids), *outbox.columns(rows))
-    return set(event_ids) - set(marked), rows
+        f"  SELECT * FROM unnest(${n + 3}::text[], ${n + 4}::text[], ${n + 5}::bytea[]))"
+        f" SELECT {write.result if write else 'NULL'} AS written,"
+        "  (SELECT coalesce(array_agg(event_id), '{}') FROM marked) AS marked",
+        *(write.args if write else ()), consumer, sorted(event_ids), *outbox.columns(rows))
+    return set(event_ids) - set(written["marked"]), rows, written["written"]
 
 
 async def adopt(db: asyncpg.Connection, schema: str, consumer: str,

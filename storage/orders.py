@@ -12,7 +12,7 @@ import asyncpg
 from contracts.events import Event, OrderItem
 from contracts.orders import Order, OrderStatus, OrderSummary, Shipment, StatusChange
 from storage import outbox
-from storage.postgres import assignments
+from storage.postgres import Write, assignments
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ async def lock_many(db: asyncpg.Connection, order_ids: Iterable[str]) -> dict[st
 
 @dataclass
 class SagaChanges:
-    """What a batch of saga events does to orders; `write_changes` writes it in one statement."""
+    """What a batch of saga events does to orders; `order_changes` writes it in one statement."""
 
     status: dict[str, OrderStatus] = field(default_factory=dict)  # where each order ends up
     paid: dict[str, Decimal] = field(default_factory=dict)  # what the provider charged
@@ -113,13 +113,13 @@ class SagaChanges:
         self.refunded[order_id] = self.refunded.get(order_id, Decimal(0)) + amount
 
 
-async def write_changes(db: asyncpg.Connection, changes: SagaChanges) -> None:
+def order_changes(changes: SagaChanges) -> Write:
     """Statuses, amounts, history rows (in the order they happened) and ignored events."""
     ids = sorted({*changes.status, *changes.paid, *changes.refunded})
     history = [list(c) for c in zip(*changes.history, strict=True)] or [[], [], []]
     ignored = [list(c) for c in zip(*changes.ignored, strict=True)] or [[], [], [], [], []]
-    await db.execute(
-        "WITH moved AS ("
+    return Write(
+        "moved AS ("
         "  UPDATE orders.orders o SET status = coalesce(u.status, o.status),"
         "   paid_amount = coalesce(u.paid, o.paid_amount),"
         "   refunded_amount = o.refunded_amount + coalesce(u.refunded, 0),"
@@ -131,11 +131,11 @@ async def write_changes(db: asyncpg.Connection, changes: SagaChanges) -> None:
         " ignored AS (INSERT INTO orders.ignored_events"
         "  (event_id, order_id, event, status_then, reason)"
         "  SELECT * FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[])"
-        "  ON CONFLICT DO NOTHING)"
-        " SELECT 1",
-        ids, [changes.status.get(i) for i in ids], [changes.paid.get(i) for i in ids],
-        [changes.refunded.get(i) for i in ids],
-        [changes.cancellation_reason.get(i) for i in ids], *history, *ignored)
+        "  ON CONFLICT DO NOTHING)",
+        "1",
+        (ids, [changes.status.get(i) for i in ids], [changes.paid.get(i) for i in ids],
+         [changes.refunded.get(i) for i in ids],
+         [changes.cancellation_reason.get(i) for i in ids], *history, *ignored))
 
 
 _SETTABLE = {"paid_amount", "shipment_id", "carrier", "tracking_number", "cancellation_reason",

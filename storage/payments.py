@@ -7,7 +7,7 @@ from decimal import Decimal
 import asyncpg
 
 from contracts.payments import Payment, PaymentState
-from storage.postgres import ConcurrentChange
+from storage.postgres import ConcurrentChange, Write
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,18 @@ def _columns(changes: Sequence[PaymentChange]) -> list[list[object]]:
     return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 8
 
 
-async def write(db: asyncpg.Connection, new: Sequence[PaymentChange],
-                changed: Sequence[PaymentChange]) -> None:
+def payment_changes(new: Sequence[PaymentChange], changed: Sequence[PaymentChange]) -> Write:
     """Inserts the new payments and updates the changed ones, in one statement. A new payment
     that another transaction inserted meanwhile raises ConcurrentChange (and this one, rolled
     back, runs again over the row that is there now)."""
     order_id, _, state, _, payment_id, charged, refunded, reason = _columns(changed)
-    inserted = await db.fetchval(
-        "WITH added AS (INSERT INTO payments.payments (order_id, customer_id, state, amount,"
+
+    def check(inserted: int) -> None:
+        if inserted != len(new):
+            raise ConcurrentChange(f"{len(new) - inserted} payments were written meanwhile")
+
+    return Write(
+        "added AS (INSERT INTO payments.payments (order_id, customer_id, state, amount,"
         "  payment_id, charged_amount, refunded_amount, decline_reason)"
         "  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[],"
         "   $6::numeric[], $7::numeric[], $8::text[])"
@@ -63,11 +67,10 @@ async def write(db: asyncpg.Connection, new: Sequence[PaymentChange],
         "  decline_reason = coalesce(u.reason, p.decline_reason), updated_at = now()"
         "  FROM unnest($9::text[], $10::text[], $11::text[], $12::numeric[], $13::numeric[],"
         "   $14::text[]) AS u(order_id, state, payment_id, charged, refunded, reason)"
-        "  WHERE p.order_id = u.order_id)"
-        " SELECT count(*) FROM added",
-        *_columns(new), order_id, state, payment_id, charged, refunded, reason)
-    if inserted != len(new):
-        raise ConcurrentChange(f"{len(new) - inserted} payments were written meanwhile")
+        "  WHERE p.order_id = u.order_id)",
+        "(SELECT count(*) FROM added)",
+        (*_columns(new), order_id, state, payment_id, charged, refunded, reason),
+        check)
 
 
 async def view(db: asyncpg.Connection, order_id: str) -> Payment | None:

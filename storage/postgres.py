@@ -1,6 +1,9 @@
 """The PostgreSQL pool, and the database itself when a developer's machine lacks it."""
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -15,6 +18,27 @@ class _PooledConnection(asyncpg.Connection):
 
     def get_reset_query(self) -> str:
         return ""
+
+
+def _accept(_written: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Write:
+    """A batch's changes as one data-modifying statement, held back so that it can share a
+    round trip with the inbox marks and outbox rows (storage.inbox.record_batch): its common
+    table expressions (`name AS (...), ...`, parameters from $1), the scalar SQL it answers
+    with, its arguments, and a check of that answer (raises ConcurrentChange on a conflict)."""
+
+    ctes: str
+    result: str
+    args: tuple[Any, ...]
+    check: Callable[[Any], None] = _accept
+
+    async def run(self, db: asyncpg.Connection) -> None:
+        """The statement on its own (inside the caller's transaction)."""
+        self.check(await db.fetchval(f"WITH {self.ctes} SELECT {self.result}", *self.args))
 
 
 class ConcurrentChange(Exception):

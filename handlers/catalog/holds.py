@@ -17,6 +17,7 @@ import asyncpg
 
 from storage import catalog as catalog_db
 from storage.catalog import HoldRow, HoldState, LowStock, StockChange, StockRow, fell_below
+from storage.postgres import Write
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +86,13 @@ class StockBook:
         """Locks the orders' holds and every product they or `product_ids` name."""
         return cls(*await catalog_db.lock_holds(db, order_ids, product_ids))
 
-    async def write(self, db: asyncpg.Connection) -> None:
+    def changes(self) -> Write:
         """New holds with their lines, the states that changed, and the stock moved."""
         new = {o: self.holds[o] for o in sorted(self.holds) if o not in self._before}
         changed = {o: self.holds[o].state for o, before in sorted(self._before.items())
                    if self.holds[o].state != before}
         moved = {p: m for p, m in sorted(self._moved.items()) if any(m)}
-        await catalog_db.write_holds(db, new, changed, moved)
+        return catalog_db.hold_changes(new, changed, moved)
 
     # -- the moves -------------------------------------------------------------------------------
 
@@ -175,7 +176,7 @@ async def _one(db: asyncpg.Connection, order_id: str, move: Callable[[StockBook]
     """Call inside a transaction."""
     book = await StockBook.open(db, [order_id], product_ids)
     outcome = move(book)
-    await book.write(db)
+    await book.changes().run(db)
     return outcome
 
 

@@ -67,7 +67,7 @@ async def move_stock(batch: EventBatch[StockEvent]) -> None:
                 batch.emit(*reservation_events(event.order_id, transition))
             case _:
                 _note_ignored(event, book.move(event.order_id, _MOVES[type(event)]))
-    await book.write(batch.db)
+    batch.write(book.changes())
     if touched := sorted(book.touched):
         cache: ProductCache = batch.context.get("product_cache")
         batch.after_commit(lambda: cache.invalidate(*touched))

@@ -80,8 +80,8 @@ class OrderBook:
         self.orders[order_id] = replace(order, status=target)
         self.changes.move(order_id, target, note)
 
-    async def write(self) -> None:
-        await store.write_changes(self.batch.db, self.changes)
+    def write(self) -> None:
+        self.batch.write(store.order_changes(self.changes))
 
 
 @orders.event(ORDER_VALIDATED, PAYMENT_PROCESSED, INVENTORY_RESERVED, durable=LIFECYCLE_CONSUMER)
@@ -103,7 +103,7 @@ async def track_order_status(batch: EventBatch[SagaReport]) -> None:
                 book.changes.refund(event.order_id, Decimal(event.amount))
             case InventoryReserved():
                 book.move(event, "RESERVED")
-    await book.write()
+    book.write()
 
 
 @orders.event(INVENTORY_RESERVATION_FAILED, durable=RESERVATION_FAILED_CONSUMER)
@@ -113,4 +113,4 @@ async def on_reservation_failed(batch: EventBatch[InventoryReservationFailed]) -
     for event in batch.events:
         book.move(event, "CANCELLED", f"stock could not be reserved: {event.reason}"[:500],
                   after="PAID")
-    await book.write()
+    book.write()

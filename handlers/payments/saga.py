@@ -111,13 +111,14 @@ class PaymentBook:
             order_id=order_id, payment_id=payment.payment_id, payment_status="REFUNDED",
             amount=amount))
 
-    async def write(self) -> None:
+    def write(self) -> None:
         def change(order_id: str) -> store.PaymentChange:
             return store.PaymentChange(self.payments[order_id],
                                        self.decline_reasons.get(order_id))
 
-        await store.write(self.batch.db, [change(o) for o in sorted(self.new)],
-                          [change(o) for o in sorted(self.changed - self.new)])
+        self.batch.write(store.payment_changes(
+            [change(o) for o in sorted(self.new)],
+            [change(o) for o in sorted(self.changed - self.new)]))
 
 
 @payments.event(ORDER_CREATED, ORDER_VALIDATED, ORDER_CANCELLED, ORDER_RETURNED, durable=CONSUMER)
@@ -128,4 +129,4 @@ async def charge_or_refund(batch: EventBatch[PaymentEvent]) -> None:
     for event in batch.events:
         by_order.setdefault(event.order_id, []).append(event)
     await asyncio.gather(*(book.apply(events) for events in by_order.values()))
-    await book.write()
+    book.write()
