@@ -231,7 +231,8 @@ class Ingest:
             await asyncio.gather(*(m.nak(delay=RETRY_DELAY_SECONDS) for m in batch.messages))
             return
         self._stored_in(time.monotonic() - began)
-        await asyncio.gather(*(m.ack() for m in batch.messages))
+        for msg in batch.messages:  # each ack only queues a publish: no task per message
+            await msg.ack()
 
     def _stored_in(self, seconds: float) -> None:
         # The next batch closes this much earlier than batch_seconds after its oldest event. A
