@@ -211,6 +211,8 @@ async def open_world(base: Settings, tag: str, *, sets: Iterable[str] = (),
         if in_process:
             for app in build_apps(settings, sets):
                 await in_this_process.enter_async_context(app)
+            for handler_set in sets:  # its subscriptions reached the server: it answers
+                await wait_until_answering(client.nc, handler_set)
             if "users" in sets:
                 await world._sign_in_admin()
         else:
