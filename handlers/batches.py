@@ -21,7 +21,7 @@ from faststream.context import ContextRepo
 from pydantic import TypeAdapter
 
 from contracts.events import Event
-from storage import inbox
+from storage import inbox, outbox
 from storage.outbox import OutboxRow
 from storage.postgres import Write
 
@@ -33,6 +33,7 @@ class Delivery(Generic[E]):
     event: E
     event_id: str  # the inbox key: the event's own eventId
     attempt: int = 1  # 1 on the first delivery, 2 on the first redelivery...
+    trace: str | None = None  # the traceparent of this event's span here, when traced
 
 
 @dataclass
@@ -44,6 +45,7 @@ class EventBatch(Generic[E]):
     retries: dict[str, str] = field(default_factory=dict)  # event id -> why it must wait
     hooks: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     written: Write | None = None
+    _traces: dict[str, str] | None = field(default=None, repr=False)  # order id -> traceparent
 
     @property
     def events(self) -> list[E]:
@@ -67,6 +69,14 @@ class EventBatch(Generic[E]):
     def after_commit(self, hook: Callable[[], Awaitable[object]]) -> None:
         """Work outside the database (a cache invalidation) once the batch is committed."""
         self.hooks.append(hook)
+
+    def trace_of(self, emitted: Event) -> str | None:
+        """The trace an emitted event goes on in: that of the delivered event about the same
+        order (one order, one trace), else the batch's own."""
+        if self._traces is None:
+            self._traces = {order_id: d.trace for d in self.deliveries if d.trace and (
+                order_id := getattr(d.event, "order_id", None))}
+        return self._traces.get(getattr(emitted, "order_id", None)) or outbox.traceparent()
 
 
 BatchHandler = Callable[[EventBatch[Any]], Awaitable[None]]
@@ -112,7 +122,8 @@ async def apply(pool: asyncpg.Pool, schema: str | None, durable: str, handler: B
                         return Applied([], batch.retries, batch.hooks)
                     done = [d.event_id for d in todo if d.event_id not in batch.retries]
                     seen, rows, answer = await inbox.record_batch(
-                        db, schema, durable, done, batch.emitted, batch.written)
+                        db, schema, durable, done, batch.emitted, batch.written,
+                        trace_of=batch.trace_of)
                     if seen:
                         raise _SeenBefore(seen)
                     if batch.written:

@@ -27,6 +27,7 @@ from runtime.relay import OutboxRelay
 from runtime.requests import RequestServer
 from runtime.settings import Settings
 from runtime.streams import ensure_stream
+from runtime.telemetry import SCRAPED, ScrapeSource, configure_tracing, serve_metrics
 from storage import redis_client
 from storage.migrations import apply_migrations
 from storage.postgres import create_database, open_pool
@@ -81,6 +82,7 @@ class AppResources:
         self.requests: RequestServer | None = None
         self.consumers: list[BatchConsumer] = []
         self.services: list[MicroService] = []
+        self.scraped: ScrapeSource | None = None
         self.lifespans = contextlib.AsyncExitStack()
 
     async def open(self) -> None:
@@ -128,19 +130,31 @@ class AppResources:
                     consumer, hs.outbox_schema, nc=nc, js=js, pool=self.pool,
                     relay=self.relays.get(hs.outbox_schema or ""), context=self.app.context,
                     linger=self.settings.event_batch_linger_seconds,
-                    ack_wait=self.settings.event_ack_wait_seconds)
+                    ack_wait=self.settings.event_ack_wait_seconds, set_name=hs.name)
                 await batches.start()
                 self.consumers.append(batches)
         for hs in self.sets:
             service = MicroService(hs, self.stats)
             await service.start(nc)
             self.services.append(service)
+        self.scraped = ScrapeSource(asyncio.get_running_loop(), self.pool, list(self.relays), js,
+                                    self.durables)
+        SCRAPED.sources.append(self.scraped)
+        serve_metrics(self.settings)
         log.info("atlantic running: %s", ", ".join(hs.name for hs in self.sets))
+
+    def durables(self) -> list[str]:
+        """The durable consumers this app runs: the sets' batch consumers and the ingest's."""
+        ingest = self.app.context.get("analytics_ingest")
+        return [c.durable for c in self.consumers] + ([ingest.durable] if ingest else [])
 
     async def stop_background(self) -> None:
         # Both at once, each within the grace period: the batches in hand are finished and
         # acked, the requests in hand answered.
         grace = self.settings.graceful_timeout_seconds
+        if self.scraped is not None:
+            SCRAPED.sources.remove(self.scraped)
+            self.scraped = None
         await asyncio.gather(*(c.stop(grace) for c in self.consumers),
                              *([self.requests.stop(grace)] if self.requests else []))
         for service in self.services:
@@ -159,9 +173,13 @@ class AppResources:
 def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> FastStream:
     sets = select_sets(settings.handler_sets if set_names is None else set_names)
     install_header_parser()
+    configure_tracing(settings, "atlantic-" + "-".join(settings.handler_sets))
     stats = StatsBook()
     # The broker holds the connection; requests and events are served below it
-    # (runtime.requests, runtime.consumers), so it has no subscribers of its own.
+    # (runtime.requests, runtime.consumers), so it has no subscribers of its own, and what the
+    # sets send goes through its nats-py connection. FastStream's TelemetryMiddleware and
+    # PrometheusMiddleware would see no message here: those two modules make the spans and the
+    # metrics themselves (runtime.telemetry).
     broker = NatsBroker(
         settings.nats_servers,
         inbox_prefix=settings.nats_inbox_prefix,

@@ -20,6 +20,12 @@ What a batch guarantees (handlers.batches applies it):
   dead-lettered alone while the others commit;
 - an outage is not the event's fault: while PostgreSQL is unreachable, events are retried
   without ever being dead-lettered for it.
+
+Telemetry is made here too, since no event passes through FastStream's middlewares: events and
+batches are counted per consumer (Prometheus), and, when tracing is on, a batch gets a span of
+its own linked to each event's context, and each event a span that continues the trace its
+`traceparent` header carries; what the batch emits for an order goes on in that order's trace
+(handlers.batches, EventBatch.trace_of).
 """
 
 import asyncio
@@ -37,10 +43,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span
+from prometheus_client import Counter, Histogram
 from pydantic import TypeAdapter, ValidationError
 
 from contracts.errors import AtlanticError
 from contracts.events import STREAM
+from handlers import telemetry
 from handlers.batches import Applied, Delivery, apply, event_type
 from handlers.handler_set import EventConsumer
 from runtime.relay import OutboxRelay
@@ -57,6 +68,15 @@ PULL_BATCH = 256  # events one pull request may bring
 PULL_EXPIRES = 2.0  # an open request lasts this long; an idle consumer renews it this often
 MAX_ACK_PENDING = 1_000  # events handed out and not yet acked, per consumer
 RATE_WEIGHT = 0.2  # how much the latest batch moves the estimate of the event rate
+
+EVENTS = Counter("atlantic_events", "Events a consumer is done with for now, by outcome:"
+                 " applied (acked after its commit), retried (handed back for later),"
+                 " dead_lettered", ["consumer", "outcome"])
+BATCH_SIZE = Histogram("atlantic_event_batch_size", "Events taken into one batch",
+                       ["consumer"], buckets=(1, 2, 5, 10, 20, 50, 100, 200))
+BATCH_SECONDS = Histogram(
+    "atlantic_event_batch_duration_seconds", "Time to apply, publish and ack one batch",
+    ["consumer"], buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 
 
 class Pull:
@@ -151,8 +171,15 @@ class BatchConsumer:
 
     def __init__(self, consumer: EventConsumer, schema: str | None, *, nc: NATS,
                  js: JetStreamContext, pool: asyncpg.Pool, relay: OutboxRelay | None,
-                 context: ContextRepo, linger: float, ack_wait: float):
+                 context: ContextRepo, linger: float, ack_wait: float, set_name: str = ""):
         self.consumer, self.schema = consumer, schema
+        self._tracer = telemetry.tracer()
+        self._scope = {"consumer": consumer.durable, "set": set_name}
+        self._applied, self._retried, self._dead = (
+            EVENTS.labels(consumer.durable, outcome)
+            for outcome in ("applied", "retried", "dead_lettered"))
+        self._batch_size = BATCH_SIZE.labels(consumer.durable)
+        self._batch_seconds = BATCH_SECONDS.labels(consumer.durable)
         self._nc, self._js, self._pool, self._relay = nc, js, pool, relay
         self._context, self._linger, self._ack_wait = context, linger, ack_wait
         self._events: TypeAdapter[Any] = event_type(consumer.handler)
@@ -220,6 +247,7 @@ class BatchConsumer:
         log.info("%s handled %d events in %d batches", self.durable, self.events, self.batches)
 
     async def _run(self) -> None:
+        telemetry.log_scope.set(self._scope)
         while not self._stopping:
             await self._pull.arrived.wait()
             if self._worth_lingering():
@@ -231,8 +259,10 @@ class BatchConsumer:
             now = time.monotonic()
             self._rate += RATE_WEIGHT * (len(batch) / max(now - self._taken_at, 1e-3) - self._rate)
             self._taken_at = now
+            self._batch_size.observe(len(batch))
             try:
-                await self._handle(batch)
+                with self._batch_seconds.time():
+                    await self._traced(batch)
             except Exception:  # NATS or PostgreSQL away: the unacked events come back
                 log.exception("%s: a batch of %d events failed", self.durable, len(batch))
 
@@ -242,9 +272,28 @@ class BatchConsumer:
         return (not self._stopping and len(self._pull.buffer) < MAX_BATCH
                 and self._rate * self._linger >= 1)
 
-    async def _handle(self, msgs: list[Msg]) -> None:
+    async def _traced(self, msgs: list[Msg]) -> None:
+        """Handles a batch, inside its spans when tracing is on."""
+        if self._tracer is None:
+            await self._handle(msgs, None)
+            return
+        batch = telemetry.batch_span(self.durable, (m.headers for m in msgs), len(msgs))
+        spans = telemetry.process_spans(
+            ((m.subject, m.headers, (m.headers or {}).get("Nats-Msg-Id")) for m in msgs),
+            self.durable, batch)
+        token = otel_context.attach(trace.set_span_in_context(batch))
+        try:
+            await self._handle(msgs, spans)
+        finally:
+            otel_context.detach(token)
+            for span in spans:
+                if span is not None:
+                    span.end()
+            batch.end()
+
+    async def _handle(self, msgs: list[Msg], spans: list[Span | None] | None) -> None:
         deliveries: list[tuple[Msg, Delivery[Any]]] = []
-        for msg in msgs:
+        for i, msg in enumerate(msgs):
             try:
                 event = self._events.validate_json(msg.data)
             except ValidationError as exc:
@@ -255,7 +304,9 @@ class BatchConsumer:
             # another Nats-Msg-Id (a republish past the duplicate window) is still itself.
             event_id = getattr(event, "event_id", None) or (msg.headers or {}).get(
                 "Nats-Msg-Id") or f"seq-{meta.sequence.stream}"
-            deliveries.append((msg, Delivery(event, event_id, meta.num_delivered)))
+            span = spans[i] if spans else None
+            deliveries.append((msg, Delivery(event, event_id, meta.num_delivered,
+                                             span and telemetry.traceparent(span))))
         if not deliveries:
             return
         try:
@@ -300,6 +351,7 @@ class BatchConsumer:
                 await self._retry(msg, delivery, f"EventTooEarly: {reason}", routine=True)
             else:
                 await msg.ack()
+                self._applied.inc()
 
     async def _failed(self, msg: Msg, delivery: Delivery[Any], exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"
@@ -310,6 +362,7 @@ class BatchConsumer:
             log.warning("%s: %s; event %s comes back in %.0f s", self.durable, reason,
                         delivery.event_id, delay)
             await msg.nak(delay=delay)
+            self._retried.inc()
         else:
             await self._retry(msg, delivery, reason, routine=getattr(exc, "routine", False))
 
@@ -325,6 +378,7 @@ class BatchConsumer:
                 "%s failed on delivery %d of %s, retrying in %.2f s: %s",
                 self.durable, delivery.attempt, msg.subject, delay, reason)
         await msg.nak(delay=delay)
+        self._retried.inc()
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         """Records the event with the reason for operators, then acks it so the rest flow."""
@@ -336,6 +390,7 @@ class BatchConsumer:
         log.error("%s dead-lettered stream message %d (%s): %s",
                   self.durable, meta.sequence.stream, msg.subject, reason[:2000])
         await msg.ack()
+        self._dead.inc()
 
 
 def consumer_config(consumer: EventConsumer, ack_wait: float) -> ConsumerConfig:

@@ -20,6 +20,7 @@ import asyncpg
 from nats.js import JetStreamContext
 
 from contracts.events import STREAM
+from handlers import telemetry
 from storage import outbox
 from storage.outbox import OutboxRow
 
@@ -82,8 +83,12 @@ class OutboxRelay:
         task.add_done_callback(self._sending.discard)
 
     async def _publish(self, row: OutboxRow) -> asyncio.Future:
+        headers = {"Nats-Msg-Id": row.event_id}
+        if row.traceparent:  # the trace of the code that wrote the row goes on with the event
+            headers[telemetry.TRACEPARENT] = telemetry.publish(row.subject, row.traceparent,
+                                                               row.event_id)
         return await self._js.publish_async(row.subject, row.payload, stream=STREAM,
-                                            headers={"Nats-Msg-Id": row.event_id})
+                                            headers=headers)
 
     async def _confirm(self, rows: Sequence[OutboxRow], acks: list[asyncio.Future]) -> None:
         self._acked += await _acked(rows, acks)

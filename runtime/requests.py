@@ -13,6 +13,11 @@ runs the app's life cycle.
 What a client sees is what FastStream sent: the reply model's JSON with `content-type` and a
 `correlation_id` header (the request's own, or a new one), and on failure the NATS micro error
 reply (runtime.errors).
+
+Telemetry is made here for the same reason: FastStream's TelemetryMiddleware and
+PrometheusMiddleware wrap its subscribers, and no request passes through one. Each request is
+counted and timed by subject and outcome (Prometheus), and, when tracing is on, served inside a
+span "<subject> process" that continues the trace the request's `traceparent` header carries.
 """
 
 import asyncio
@@ -26,9 +31,14 @@ from faststream import ContextRepo
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel
 
 from contracts.errors import AtlanticError, Unavailable
+from handlers import telemetry
 from handlers.endpoints import RequestMessage, StoredReply, bind
 from handlers.handler_set import HandlerSet
 from runtime.errors import as_error, correlation_id, decode_request, error_reply
@@ -38,6 +48,12 @@ log = logging.getLogger("atlantic.errors")
 access = logging.getLogger("atlantic.requests")
 
 JSON = "application/json"
+
+REQUESTS = Counter("atlantic_requests", "Requests answered, by subject and outcome (ok, or the"
+                   " error code of the reply)", ["subject", "outcome"])
+REQUEST_SECONDS = Histogram(
+    "atlantic_request_duration_seconds", "Time from a request's arrival to its reply",
+    ["subject"], buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 
 
 def encode_reply(result: Any) -> tuple[bytes, str]:
@@ -59,9 +75,13 @@ class _Endpoint:
     """One subject's subscription and the requests it is serving."""
 
     def __init__(self, nc: Client, subject: str, queue: str, endpoint: Callable[..., Any],
-                 stats: StatsBook, workers: int):
+                 stats: StatsBook, workers: int, set_name: str):
         self.nc, self.subject, self.queue, self.endpoint = nc, subject, queue, endpoint
         self.stats = stats
+        self.tracer = telemetry.tracer()
+        self.scope = {"subject": subject, "set": set_name}
+        self.latency = REQUEST_SECONDS.labels(subject)
+        self.answered = REQUESTS.labels(subject, "ok")
         self.slots = asyncio.Semaphore(workers)
         self.serving: set[asyncio.Task[None]] = set()
         self.subscription: Subscription | None = None
@@ -83,6 +103,27 @@ class _Endpoint:
         self.slots.release()
 
     async def _serve(self, msg: Msg) -> None:
+        telemetry.log_scope.set(self.scope)  # this task's own context: no reset needed
+        if self.tracer is None:
+            await self._answer(msg)
+            return
+        span = self.tracer.start_span(
+            f"{self.subject} process", context=telemetry.extract(msg.headers),
+            kind=SpanKind.SERVER, attributes=telemetry.messaging(
+                self.subject, "process", **{"consumer.group.name": self.queue,
+                                            "message.body.size": len(msg.data)}))
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            error = await self._answer(msg)
+            if error is not None:
+                span.set_attribute("error.type", error.code)
+                if error.status >= 500:
+                    span.set_status(Status(StatusCode.ERROR, error.message))
+        finally:
+            otel_context.detach(token)
+            span.end()
+
+    async def _answer(self, msg: Msg) -> AtlanticError | None:
         started = time.perf_counter_ns()
         headers = msg.headers or {}
         error: AtlanticError | None = None
@@ -102,9 +143,12 @@ class _Endpoint:
         await self._reply(msg, body, reply_headers)
         elapsed = time.perf_counter_ns() - started
         self.stats.record(self.subject, elapsed, error)
+        self.latency.observe(elapsed / 1e9)
+        (self.answered if error is None else REQUESTS.labels(self.subject, error.code)).inc()
         if access.isEnabledFor(logging.DEBUG):
             access.debug("%s %s %.2f ms", self.subject, error.status if error else 200,
                          elapsed / 1e6)
+        return error
 
     async def _reply(self, msg: Msg, body: bytes, headers: dict[str, str]) -> None:
         if msg.reply:
@@ -129,7 +173,7 @@ class RequestServer:
     def __init__(self, nc: Client, sets: Iterable[HandlerSet], context: ContextRepo,
                  stats: StatsBook, workers: int):
         self.endpoints = [
-            _Endpoint(nc, e.subject, hs.queue, bind(e.handler, context), stats, workers)
+            _Endpoint(nc, e.subject, hs.queue, bind(e.handler, context), stats, workers, hs.name)
             for hs in sets for e in hs.endpoints
         ]
 

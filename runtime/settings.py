@@ -2,6 +2,7 @@
 
 from decimal import Decimal
 from functools import cached_property
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -10,7 +11,8 @@ from runtime.accounts import inbox_prefix
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ATLANTIC_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ATLANTIC_", env_file=".env", extra="ignore",
+                                      populate_by_name=True)
 
     nats_url: str = "nats://127.0.0.1:4222"  # one server, or a cluster's: comma-separated
     # How long start-up waits for a NATS server to answer before it fails with a clear error.
@@ -23,6 +25,22 @@ class Settings(BaseSettings):
     data_dir: str = "./data"
     handlers: str = "all"  # comma-separated set names, or "all"
     log_level: str = "INFO"
+    # "json": one JSON object a line (time, level, logger, message, trace and span ids, subject,
+    # set); "text": a line for a person.
+    log_format: Literal["text", "json"] = "text"
+    # Prometheus text on http://metrics_host:metrics_port/metrics from every process; 0: none.
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+    # Traces: the standard OpenTelemetry variables, under their own names. Spans are made and
+    # exported over OTLP (HTTP) only when an endpoint or a traces exporter is named; otherwise
+    # no SDK is set up and the OpenTelemetry API stays a no-op. The SDK reads the rest of the
+    # OTEL_* variables (OTEL_BSP_*, OTEL_RESOURCE_ATTRIBUTES, ...) itself.
+    otel_exporter_otlp_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        None, alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    otel_traces_exporter: str | None = Field(None, alias="OTEL_TRACES_EXPORTER")
+    otel_service_name: str | None = Field(None, alias="OTEL_SERVICE_NAME")
 
     session_idle_seconds: int = Field(30 * 60, ge=1)
     session_absolute_seconds: int = Field(12 * 60 * 60, ge=1)
@@ -100,8 +118,10 @@ class Settings(BaseSettings):
     admin_password: str = "atlantic-admin-dev"
 
     def environment(self) -> dict[str, str]:
-        """These settings as ATLANTIC_* variables, for a child process that must share them."""
-        return {f"ATLANTIC_{name.upper()}": str(value)
+        """These settings as ATLANTIC_* variables (and the OTEL_* ones under their own names), for
+        a child process that must share them."""
+        fields = type(self).model_fields
+        return {fields[name].alias or f"ATLANTIC_{name.upper()}": str(value)
                 for name, value in self.model_dump().items() if value is not None}
 
     @property

@@ -20,6 +20,7 @@ socket timeout, which wraps every send and read in a task of its own.
 import asyncio
 import logging
 
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
@@ -27,6 +28,10 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from contracts.catalog import Product
 
 log = logging.getLogger("atlantic.cache")
+
+LOOKUPS = Counter("atlantic_cache_lookups", "Product cache reads, by result: hit, or miss (not"
+                  " there, or Redis away or slow)", ["cache", "result"])
+_HIT, _MISS = LOOKUPS.labels("product", "hit"), LOOKUPS.labels("product", "miss")
 
 
 class ProductCache:
@@ -46,12 +51,15 @@ class ProductCache:
     async def stored(self, product_id: str) -> bytes | None:
         """The product's reply JSON as cached, or None on a miss (or with Redis away)."""
         if not await self.retry_invalidations():
+            _MISS.inc()
             return None
         try:
-            return await self._read(self._key(product_id))
+            found = await self._read(self._key(product_id))
         except RedisError as exc:
             log.warning("product cache unavailable, reading PostgreSQL: %s", exc)
-            return None
+            found = None
+        (_MISS if found is None else _HIT).inc()
+        return found
 
     async def product(self, product_id: str) -> Product | None:
         cached = await self.stored(product_id)

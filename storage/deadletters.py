@@ -3,7 +3,11 @@
 from datetime import datetime
 
 import asyncpg
+from prometheus_client import Counter
 from pydantic import BaseModel
+
+DEAD_LETTERS = Counter("atlantic_dead_letters", "Events a consumer gave up on (dead-lettered)",
+                       ["consumer"])
 
 
 class DeadLetter(BaseModel):
@@ -26,6 +30,7 @@ async def add(db: asyncpg.Connection | asyncpg.Pool, *, consumer: str, subject: 
         " (consumer, subject, stream_seq, event_id, deliveries, error, payload)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (consumer, stream_seq) DO NOTHING",
         consumer, subject, stream_seq, event_id, deliveries, error, payload)
+    DEAD_LETTERS.labels(consumer).inc()
 
 
 async def recent(db: asyncpg.Connection | asyncpg.Pool, consumer: str | None = None,

@@ -1,7 +1,7 @@
 """The inbox: a consumer records each event it handled in the same transaction as its effects,
 so a redelivered event finds its mark and changes nothing."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -28,22 +28,27 @@ async def first_time(db: asyncpg.Connection, schema: str, consumer: str, event_i
 
 async def record_batch(db: asyncpg.Connection, schema: str, consumer: str,
                        event_ids: Sequence[str], emitted: Sequence[Event],
-                       write: Write | None = None) -> tuple[set[str], list[OutboxRow], Any]:
+                       write: Write | None = None,
+                       trace_of: Callable[[Event], str | None] | None = None,
+                       ) -> tuple[set[str], list[OutboxRow], Any]:
     """Marks a batch's events as handled and queues what it emitted, with the batch's own
     `write` when it has one, in one statement (the caller publishes the rows once committed).
     Returns the events that were marked already (by an earlier delivery, or a replica's
     transaction this one waited for), the rows, and the write's answer, unchecked: when events
     were marked already, the caller must roll back and apply the batch again without them.
-    Sorted, so two transactions waiting on each other's marks never form a cycle."""
-    rows = outbox.rows(emitted)
+    Sorted, so two transactions waiting on each other's marks never form a cycle. `trace_of`
+    names the trace each emitted event goes on in (storage.outbox.rows)."""
+    rows = outbox.rows(emitted, trace_of) if trace_of else outbox.rows(emitted)
     n = len(write.args) if write else 0  # the write's parameters come first
     written = await db.fetchrow(
         f"WITH {write.ctes + ', ' if write else ''}"
         f" marked AS (INSERT INTO {_table(schema)} (consumer, event_id)"
         f"  SELECT ${n + 1}, id FROM unnest(${n + 2}::text[]) AS id ORDER BY id"
         "  ON CONFLICT DO NOTHING RETURNING event_id),"
-        f" queued AS (INSERT INTO {outbox.table(schema)} (event_id, subject, payload)"
-        f"  SELECT * FROM unnest(${n + 3}::text[], ${n + 4}::text[], ${n + 5}::bytea[]))"
+        f" queued AS (INSERT INTO {outbox.table(schema)}"
+        "  (event_id, subject, payload, traceparent)"
+        f"  SELECT * FROM unnest(${n + 3}::text[], ${n + 4}::text[], ${n + 5}::bytea[],"
+        f"   ${n + 6}::text[]))"
         f" SELECT {write.result if write else 'NULL'} AS written,"
         "  (SELECT coalesce(array_agg(event_id), '{}') FROM marked) AS marked",
         *(write.args if write else ()), consumer, sorted(event_ids), *outbox.columns(rows))

@@ -24,6 +24,7 @@ class OrderRow:
     paid_amount: Decimal
     refunded_amount: Decimal
     delivered_at: datetime | None
+    changed_at: datetime | None = None  # the order's last change (its status, mostly)
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,12 @@ async def place(db: asyncpg.Connection, order_id: str, customer_id: str,
         "  (SELECT FROM go)),"
         " history AS (INSERT INTO orders.history (order_id, status)"
         "  SELECT $1, 'CREATED' FROM go RETURNING at),"
-        " queued AS (INSERT INTO orders.outbox (event_id, subject, payload)"
-        "  SELECT $9, $10, $11 FROM go)"
+        " queued AS (INSERT INTO orders.outbox (event_id, subject, payload, traceparent)"
+        "  SELECT $9, $10, $11, $12 FROM go)"
         " SELECT (SELECT created_at FROM placed), (SELECT at FROM history)",
         order_id, customer_id, total, [i.product_id for i in items],
         [i.quantity for i in items], [i.price for i in items], key, request_hash,
-        queued.event_id, queued.subject, queued.payload)
+        queued.event_id, queued.subject, queued.payload, queued.traceparent)
     if row["created_at"] is not None:
         return Placed(row["created_at"], row["at"])
     return Placed(first=await find_key(db, customer_id, key))
@@ -73,7 +74,8 @@ async def find_key(db: asyncpg.Connection | asyncpg.Pool, customer_id: str,
     return (row["order_id"], row["request_hash"]) if row else None
 
 
-_ROW = "id, customer_id, status, total_price, paid_amount, refunded_amount, delivered_at"
+_ROW = ("id, customer_id, status, total_price, paid_amount, refunded_amount, delivered_at,"
+        " updated_at")
 
 
 async def lock(db: asyncpg.Connection, order_id: str) -> OrderRow | None:

@@ -23,6 +23,10 @@ without the other. Events stored without a view's rows: the redelivered batch sk
 stored, so before it consumes, the ingest derives the newest events' rows again (only the last
 insert before a crash can be partial). A view's rows without the events: the redelivered batch
 writes them again, which the derived tables absorb (storage.analytics.schema).
+
+Each stored batch is counted (its size, and how long its oldest event waited since publication)
+and, when tracing is on, stored inside a span linked to each event's trace, with a span per
+event in that event's trace: an order's trace ends with its events counted here.
 """
 
 import asyncio
@@ -38,8 +42,11 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
+from prometheus_client import Histogram
 
 from contracts.events import ALL_EVENTS, STREAM
+from handlers import telemetry
 from storage import deadletters
 from storage.analytics import AnalyticsStore
 from storage.analytics.rows import Malformed, row
@@ -51,6 +58,13 @@ REPAIR_WINDOW_SECONDS = 60.0  # the newest events derived again at start (the la
 IDLE_PULL_SECONDS = 5.0  # how long one pull request waits while nothing comes
 STORE_WEIGHT = 0.2  # the newest store's weight in the running estimate of a store's time
 
+BATCH_SIZE = Histogram("atlantic_ingest_batch_size", "Events stored in one analytics insert",
+                       buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10_000))
+LAG_SECONDS = Histogram(
+    "atlantic_ingest_lag_seconds", "How long the oldest event of a stored batch waited from its"
+    " publication until it was counted", buckets=(.05, .1, .25, .5, .75, 1, 2, 5, 10, 30, 60,
+                                                  300))
+
 
 class Batch:
     """Messages with their rows, parsed as they arrive, and when the batch should close."""
@@ -61,6 +75,7 @@ class Batch:
         self.malformed: list[tuple[Msg, str]] = []
         self._batch_seconds, self._store_seconds = batch_seconds, store_seconds
         self.close_at = float("inf")  # epoch seconds
+        self.oldest = float("inf")  # epoch seconds: when its oldest event was published
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -74,6 +89,7 @@ class Batch:
         for msg in messages:
             meta = msg.metadata
             published = meta.timestamp.timestamp()
+            self.oldest = min(self.oldest, published)
             # Already late (a backlog, a redelivery): closes at once, with what is there.
             self.close_at = min(self.close_at, max(
                 now, published + self._batch_seconds - self._store_seconds))
@@ -220,6 +236,24 @@ class Ingest:
         return batch
 
     async def _ingest(self, batch: Batch) -> None:
+        tracer = telemetry.tracer()
+        if tracer is None:
+            await self._store(batch)
+            return
+        msgs = batch.messages
+        span = telemetry.batch_span(self.durable, (m.headers for m in msgs), len(msgs))
+        events = telemetry.process_spans(
+            ((m.subject, m.headers, (m.headers or {}).get("Nats-Msg-Id")) for m in msgs),
+            self.durable, span)
+        try:
+            with trace.use_span(span, end_on_exit=True):
+                await self._store(batch)
+        finally:
+            for event in events:
+                if event is not None:
+                    event.end()
+
+    async def _store(self, batch: Batch) -> None:
         began = time.monotonic()
         try:
             for msg, reason in batch.malformed:
@@ -233,6 +267,9 @@ class Ingest:
         self._stored_in(time.monotonic() - began)
         for msg in batch.messages:  # each ack only queues a publish: no task per message
             await msg.ack()
+        BATCH_SIZE.observe(len(batch))
+        if batch.messages:
+            LAG_SECONDS.observe(max(time.time() - batch.oldest, 0.0))
 
     def _stored_in(self, seconds: float) -> None:
         # The next batch closes this much earlier than batch_seconds after its oldest event. A

@@ -15,6 +15,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from contracts.catalog import QUOTE, ItemLine, Quote
 from contracts.errors import NotFound, Unavailable
+from handlers import telemetry
 from handlers.deps import Context, NatsBroker, Publisher
 from handlers.handler_set import HandlerSet
 from storage.sessions import SessionInfo
@@ -42,7 +43,8 @@ async def request_quote(broker: NatsBroker, lines: list[ItemLine], timeout: floa
                 retry=retry_if_exception_type(NoRespondersError), reraise=True):
             with attempt:
                 reply = await broker.connection.request(
-                    QUOTE, body, timeout=max(0.01, deadline - time.monotonic()))
+                    QUOTE, body, timeout=max(0.01, deadline - time.monotonic()),
+                    headers=telemetry.outgoing())
     except (TimeoutError, NatsError):
         raise Unavailable("the catalog did not answer; try again shortly") from None
     if (reply.headers or {}).get("Nats-Service-Error-Code"):

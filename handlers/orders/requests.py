@@ -48,6 +48,7 @@ from handlers.orders import (
     SCHEMA,
     Outbox,
     QuoteTimeout,
+    metrics,
     orders,
     request_quote,
     visible_to,
@@ -127,6 +128,7 @@ async def create_order(req: CreateOrder, user: CurrentUser, pool: Pool, msg: Nat
         if placed.first:  # a retry, or a concurrent one with the same key, stored it first
             return await _replay(db, *placed.first, request_hash)
     await events.send(outbox.rows([created]))
+    metrics.CREATED.inc()
     return Order(order_id=created.order_id, customer_id=user.user_id, status="CREATED",
                  items=items, total_price=quote.total_price, paid_amount=0, refunded_amount=0,
                  created_at=placed.created_at, updated_at=placed.created_at,
@@ -194,6 +196,7 @@ async def cancel_order(req: CancelOrder, user: CurrentUser, db: Db) -> OrderStat
                                cancellation_reason=req.reason)
         await outbox.add(db, SCHEMA, OrderCancelled(order_id=order.order_id,
                                                     cancellation_reason=req.reason))
+    metrics.moved(order.status, "CANCELLED")
     return OrderStatusReply(order_id=order.order_id, status="CANCELLED")
 
 
@@ -211,6 +214,7 @@ async def ship_order(req: ShipOrder, _: Admin, db: Db) -> ShipmentReply:
         await outbox.add(db, SCHEMA, OrderShipped(
             order_id=order.order_id, shipment_id=shipment_id, carrier=req.carrier,
             tracking_number=tracking))
+    metrics.moved(order.status, "SHIPPED")
     return ShipmentReply(order_id=order.order_id, shipment_id=shipment_id, carrier=req.carrier,
                          tracking_number=tracking)
 
@@ -225,6 +229,7 @@ async def deliver_order(req: DeliverOrder, _: Admin, db: Db) -> OrderStatusReply
         await store.set_status(db, order.order_id, "DELIVERED", delivered_at=datetime.now(UTC))
         await outbox.add(db, SCHEMA, OrderDelivered(order_id=order.order_id,
                                                     delivery_status="DELIVERED"))
+    metrics.moved(order.status, "DELIVERED")
     return OrderStatusReply(order_id=order.order_id, status="DELIVERED")
 
 
@@ -246,4 +251,5 @@ async def return_order(req: ReturnOrder, user: CurrentUser, db: Db,
                                return_reason=req.reason)
         await outbox.add(db, SCHEMA, OrderReturned(
             order_id=order.order_id, return_reason=req.reason, refund_amount=refund))
+    metrics.moved(order.status, "RETURNED")
     return OrderStatusReply(order_id=order.order_id, status="RETURNED")

@@ -6,6 +6,7 @@ once), and written in one statement: an order may move twice in one batch (VALID
 
 import logging
 from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated
 
@@ -24,7 +25,7 @@ from contracts.events import (
 )
 from contracts.orders import OrderStatus
 from handlers.batches import EventBatch
-from handlers.orders import orders
+from handlers.orders import metrics, orders
 from handlers.orders.lifecycle import step
 from storage import orders as store
 
@@ -45,6 +46,7 @@ class OrderBook:
     def __init__(self, batch: EventBatch[OrderEvent], found: dict[str, store.OrderRow]):
         self.batch, self.orders = batch, found
         self.changes = store.SagaChanges()
+        self.moves: list[tuple[OrderStatus, OrderStatus, datetime | None, datetime]] = []
 
     @classmethod
     async def open(cls, batch: EventBatch[OrderEvent]) -> "OrderBook":
@@ -77,11 +79,18 @@ class OrderBook:
         if target == "CANCELLED":
             self.changes.cancellation_reason[order_id] = note
             self.batch.emit(OrderCancelled(order_id=order_id, cancellation_reason=note))
-        self.orders[order_id] = replace(order, status=target)
+        now = datetime.now(UTC)
+        self.moves.append((order.status, target, order.changed_at, now))
+        self.orders[order_id] = replace(order, status=target, changed_at=now)
         self.changes.move(order_id, target, note)
 
     def write(self) -> None:
         self.batch.write(store.order_changes(self.changes))
+        self.batch.after_commit(self._count)
+
+    async def _count(self) -> None:
+        for move in self.moves:
+            metrics.moved(*move)
 
 
 @orders.event(ORDER_VALIDATED, PAYMENT_PROCESSED, INVENTORY_RESERVED, durable=LIFECYCLE_CONSUMER)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -253,8 +254,15 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+def metrics(_request: Request) -> Response:
+    """This process's Prometheus metrics. A plain function: Starlette runs it on a worker thread,
+    where the scrape-time collector may wait for answers asked on the event loop."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_app(web: Web) -> Starlette:
     return Starlette(middleware=[Middleware(SecurityHeaders)], routes=[
+        Route("/metrics", metrics),
         Route("/", web.page(web.index)),
         Route("/login", web.login_form, methods=["GET"]),
         Route("/login", web.login, methods=["POST"]),

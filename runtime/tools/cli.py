@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -27,10 +26,9 @@ cli.add_typer(users_cli, name="users")
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # One access-log line per message costs about a third of throughput; keep errors only.
-    logging.getLogger("faststream.access").setLevel(logging.WARNING)
+    from runtime.telemetry import configure_logging
+
+    configure_logging(settings)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
