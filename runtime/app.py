@@ -173,7 +173,7 @@ class AppResources:
 def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> FastStream:
     sets = select_sets(settings.handler_sets if set_names is None else set_names)
     install_header_parser()
-    configure_tracing(settings, "atlantic-" + "-".join(settings.handler_sets))
+    configure_tracing(settings, service_name(sets))
     stats = StatsBook()
     # The broker holds the connection; requests and events are served below it
     # (runtime.requests, runtime.consumers), so it has no subscribers of its own, and what the
@@ -198,6 +198,11 @@ def build_app(settings: Settings, set_names: Iterable[str] | None = None) -> Fas
     return app
 
 
+def service_name(sets: Iterable[HandlerSet]) -> str:
+    """The OpenTelemetry service.name of a process running these sets (OTEL_SERVICE_NAME wins)."""
+    return "atlantic-" + "-".join(hs.name for hs in sets)
+
+
 def document_broker(sets: Iterable[HandlerSet]) -> NatsBroker:
     """A broker declaring every endpoint of these sets, for the AsyncAPI document only."""
     broker = NatsBroker(Settings.model_construct().nats_url, apply_types=False)
@@ -211,8 +216,9 @@ def build_apps(settings: Settings, set_names: Iterable[str] | None = None) -> li
     set and the URL names no user, one app per set, each connected as its own NATS user (one
     connection cannot hold two users' permissions). The PostgreSQL pool size is the process's,
     shared out among them."""
-    names = [hs.name for hs in select_sets(settings.handler_sets if set_names is None
-                                           else set_names)]
+    sets = select_sets(settings.handler_sets if set_names is None else set_names)
+    names = [hs.name for hs in sets]
+    configure_tracing(settings, service_name(sets))  # once for the process, before its apps
     passwords = None if url_user(settings.nats_url) else Passwords.read(settings.data_dir)
     if passwords is None:
         return [build_app(settings, names)]

@@ -107,6 +107,7 @@ class Ingest:
         self.nc, self.js, self.store, self.pool = nc, nc.jetstream(), store, pool
         self.durable, self.batch_size, self.batch_seconds = durable, batch_size, batch_seconds
         self.ack_wait = ack_wait
+        self.tracer = telemetry.tracer()
         self.inserted = 0
         self.store_seconds = 0.0  # how long storing a batch has lately taken (moving average)
         self.pull_requests = 0
@@ -236,8 +237,7 @@ class Ingest:
         return batch
 
     async def _ingest(self, batch: Batch) -> None:
-        tracer = telemetry.tracer()
-        if tracer is None:
+        if self.tracer is None:
             await self._store(batch)
             return
         msgs = batch.messages

@@ -1,0 +1,305 @@
+"""Traces, metrics and logs as the tools that read them see them.
+
+A shop of its own: the saga's sets in this process, with an in-memory span exporter, and the
+analytics set in a process of its own exporting over OTLP to a receiver here (runtime.tools.
+otlp_sink), so one order's trace is followed across processes and across each outbox."""
+
+import asyncio
+import io
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from urllib.request import urlopen
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+from support import eventually, world_of_its_own
+
+from contracts.events import OrderCreated, OrderItem
+from handlers import HANDLER_SETS, telemetry
+from runtime import telemetry as runtime_telemetry
+from runtime.settings import Settings
+from runtime.tools.bench.world import SAGA_SETS, World
+from runtime.tools.otlp_sink import OtlpSink, ReceivedSpan
+from runtime.tools.services import free_port
+from storage import outbox
+
+SAGA_EVENTS = [f"atlantic.events.order.{name}" for name in
+               ("created", "validated", "payment_processed", "inventory_reserved")]
+
+
+@dataclass
+class Shop:
+    world: World
+    exporter: InMemorySpanExporter
+    sink: OtlpSink
+    metrics_url: str
+
+    def spans(self, trace_id: str) -> list[ReceivedSpan]:
+        """Every span of the trace: this process's and the analytics process's."""
+        here = [ReceivedSpan(
+            f"{s.context.trace_id:032x}", f"{s.context.span_id:016x}",
+            f"{s.parent.span_id:016x}" if s.parent else "", s.name, "here",
+            dict(s.attributes or {}), tuple((f"{link.context.trace_id:032x}",
+                                             f"{link.context.span_id:016x}") for link in s.links))
+            for s in self.exporter.get_finished_spans()]
+        return [s for s in here + list(self.sink.spans) if s.trace_id == trace_id]
+
+    async def metrics(self) -> dict[tuple[str, frozenset], float]:
+        """This process's /metrics, parsed by prometheus_client's own parser. Fetched off the
+        loop: the scrape asks the outboxes and consumers on it."""
+        text = await asyncio.to_thread(lambda: urlopen(self.metrics_url, timeout=10).read())
+        return {(sample.name, frozenset(sample.labels.items())): sample.value
+                for family in text_string_to_metric_families(text.decode())
+                for sample in family.samples}
+
+
+@pytest.fixture(scope="module")
+async def shop(settings) -> AsyncIterator[Shop]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sink = OtlpSink().start()
+    telemetry.use(provider.get_tracer("atlantic-test"))
+    try:
+        async with world_of_its_own(settings, "telemetry", sets=SAGA_SETS, in_process=True,
+                                    nats_users=True, metrics_port=free_port(),
+                                    otel_exporter_otlp_endpoint=sink.endpoint) as world:
+            await world.serve(["analytics"], ATLANTIC_METRICS_PORT="0",
+                              OTEL_BSP_SCHEDULE_DELAY="50")
+            # Once a process: the port of whichever app started it first.
+            port = runtime_telemetry.serve_metrics(world.settings)
+            yield Shop(world, exporter, sink, f"http://127.0.0.1:{port}/metrics")
+    finally:
+        telemetry.use(None)
+        sink.stop()
+
+
+def new_trace() -> tuple[str, str]:
+    return secrets.token_hex(16), secrets.token_hex(8)
+
+
+def traceparent(trace_id: str, span_id: str) -> dict[str, str]:
+    return {"traceparent": f"00-{trace_id}-{span_id}-01"}
+
+
+def expected_consumers() -> set[tuple[str, str]]:
+    """(subject, consumer) for every consumer of the saga's sets that takes a saga event."""
+    return {(subject, consumer.durable) for name in SAGA_SETS
+            for consumer in HANDLER_SETS[name].consumers
+            for subject in consumer.subjects if subject in SAGA_EVENTS}
+
+
+def consumed(spans: list[ReceivedSpan]) -> set[tuple[str, str]]:
+    return {(s.attributes["messaging.destination.name"],
+             s.attributes["messaging.consumer.group.name"])
+            for s in spans if s.name.endswith(" process") and s.name.startswith("atlantic.events.")}
+
+
+async def test_one_order_is_one_trace_across_the_sets_the_outbox_and_analytics(shop: Shop):
+    world = shop.world
+    customer, _ = await world.customer()
+    product = await world.product("12.00", 10)
+    trace_id, root = new_trace()
+    wanted = expected_consumers() | {(s, "analytics-ingest") for s in SAGA_EVENTS}
+
+    order = await world.order(customer, (product, 1), headers=traceparent(trace_id, root))
+    await world.status_becomes(customer, order["orderId"], "RESERVED")
+
+    async def all_consumed():
+        return wanted <= consumed(shop.spans(trace_id))
+
+    await eventually(all_consumed, seconds=20)
+    spans = shop.spans(trace_id)
+
+    names = {s.name for s in spans}
+    assert {"atlantic.orders.create process", "atlantic.catalog.quote process"} <= names
+    assert {f"{subject} publish" for subject in SAGA_EVENTS} <= names
+    assert wanted <= consumed(spans)
+    assert any(s.service == "atlantic-analytics" for s in spans)  # the analytics process's
+    by_id = {s.span_id: s for s in spans}
+    for span in spans:  # no broken link: every parent is in the trace, or is the caller's
+        assert span.parent_span_id == root or span.parent_span_id in by_id, span
+    for span in spans:
+        parent = by_id.get(span.parent_span_id)
+        if span.name.endswith(" publish"):  # an outbox row written while serving a message
+            assert parent is not None and parent.name.endswith(" process"), span
+        elif span.name.startswith("atlantic.events."):  # an event, consumed where published
+            subject = span.name.removesuffix(" process")
+            assert parent is not None and parent.name == f"{subject} publish", span
+
+
+async def test_an_event_span_is_linked_to_the_batch_that_applied_it(shop: Shop):
+    world = shop.world
+    customer, _ = await world.customer()
+    product = await world.product("3.00", 10)
+    trace_id, root = new_trace()
+
+    order = await world.order(customer, (product, 1), headers=traceparent(trace_id, root))
+    await world.status_becomes(customer, order["orderId"], "RESERVED")
+
+    batches = {f"{s.context.span_id:016x}": s for s in shop.exporter.get_finished_spans()
+               if s.name.endswith(" process") and not s.name.startswith("atlantic.")}
+    events = [s for s in shop.spans(trace_id) if s.name.startswith("atlantic.events.")
+              and s.name.endswith(" process") and s.service == "here"]
+    assert events
+    for event in events:
+        [(_, batch_id)] = event.links
+        batch = batches[batch_id]
+        assert batch.attributes["messaging.consumer.group.name"] == \
+            event.attributes["messaging.consumer.group.name"]
+        assert any(f"{link.context.trace_id:032x}" == trace_id for link in batch.links)
+
+
+async def test_metrics_count_orders_saga_steps_requests_and_dead_letters(shop: Shop):
+    world = shop.world
+    customer, _ = await world.customer()
+    product = await world.product("5.00", 50)
+    before = await shop.metrics()
+    n = 3
+
+    orders = [await world.order(customer, (product, 1)) for _ in range(n)]
+    for order in orders:
+        await world.status_becomes(customer, order["orderId"], "RESERVED")
+    await world.operator.nc.jetstream().publish(
+        "atlantic.events.order.validated", b"{not json", headers={"Nats-Msg-Id": new_trace()[0]})
+
+    def delta(after, name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    async def counted():
+        after = await shop.metrics()
+        done = (delta(after, "atlantic_saga_step_duration_seconds_count",
+                      step="paid_to_reserved") >= n
+                and delta(after, "atlantic_dead_letters_total", consumer="orders-lifecycle") >= 1)
+        return after if done else None
+
+    after = await eventually(counted, seconds=20)
+    assert delta(after, "atlantic_orders_created_total") == n
+    assert delta(after, "atlantic_requests_total", subject="atlantic.orders.create",
+                 outcome="ok") == n
+    assert delta(after, "atlantic_request_duration_seconds_count",
+                 subject="atlantic.orders.create") == n
+    for step in ("created_to_validated", "validated_to_paid", "paid_to_reserved"):
+        assert delta(after, "atlantic_saga_step_duration_seconds_count", step=step) == n, step
+    assert delta(after, "atlantic_order_transitions_total", from_status="PAID",
+                 to_status="RESERVED") == n
+    assert delta(after, "atlantic_dead_letters_total", consumer="orders-lifecycle") == 1
+    assert delta(after, "atlantic_events_total", consumer="orders-lifecycle",
+                 outcome="dead_lettered") == 1
+    assert delta(after, "atlantic_events_total", consumer="orders-lifecycle",
+                 outcome="applied") >= 3 * n
+    for schema in ("catalog", "orders", "payments", "users"):
+        assert ("atlantic_outbox_waiting_rows", frozenset({("schema", schema)})) in after
+        assert ("atlantic_outbox_oldest_age_seconds", frozenset({("schema", schema)})) in after
+    assert after[("atlantic_consumer_pending_messages",
+                  frozenset({("consumer", "orders-lifecycle")}))] >= 0
+
+
+async def test_product_cache_hits_and_misses_are_counted(shop: Shop):
+    product = await shop.world.product("9.00", 5)
+    before = await shop.metrics()
+
+    for _ in range(3):
+        reply = await shop.world.client.call("atlantic.catalog.products.get",
+                                             {"productId": product})
+        assert reply.ok, reply.body
+    after = await shop.metrics()
+
+    def delta(result: str) -> float:
+        key = ("atlantic_cache_lookups_total", frozenset({("cache", "product"),
+                                                           ("result", result)}))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("miss") + delta("hit") == 3
+    assert delta("hit") >= 1  # the first read fills the cache (unless creation did)
+
+
+async def test_json_log_lines_carry_the_trace_of_their_request(shop: Shop):
+    product = await shop.world.product("4.00", 5)
+    trace_id, root = new_trace()
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(runtime_telemetry.JsonFormatter())
+    access = logging.getLogger("atlantic.requests")  # one DEBUG line a request
+    level = access.level
+    access.addHandler(handler)
+    access.setLevel(logging.DEBUG)
+    try:
+        reply = await shop.world.client.call("atlantic.catalog.products.get",
+                                             {"productId": product},
+                                             headers=traceparent(trace_id, root))
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+
+    assert reply.ok, reply.body
+    parsed = [json.loads(line) for line in lines.getvalue().splitlines()]
+    [mine] = [p for p in parsed if p.get("trace_id") == trace_id]
+    assert mine["subject"] == "atlantic.catalog.products.get"
+    assert mine["set"] == "catalog"
+    assert mine["logger"] == "atlantic.requests" and mine["level"] == "DEBUG"
+    assert mine["span_id"] != root and len(mine["span_id"]) == 16
+    assert mine["time"].endswith("Z") and mine["message"].startswith(mine["subject"])
+
+
+# --- no servers -----------------------------------------------------------------------------------
+
+@pytest.mark.fast
+def test_traces_are_on_only_when_the_otel_settings_ask():
+    base = Settings.model_construct()
+
+    assert not runtime_telemetry.tracing_wanted(base)
+    assert runtime_telemetry.tracing_wanted(base.model_copy(update={
+        "otel_exporter_otlp_endpoint": "http://collector:4318"}))
+    assert runtime_telemetry.tracing_wanted(base.model_copy(update={
+        "otel_traces_exporter": "console"}))
+    assert not runtime_telemetry.tracing_wanted(base.model_copy(update={
+        "otel_exporter_otlp_endpoint": "http://collector:4318", "otel_traces_exporter": "none"}))
+
+
+@pytest.mark.fast
+def test_otel_settings_reach_a_child_process_under_their_own_names():
+    settings = Settings.model_construct().model_copy(update={
+        "otel_exporter_otlp_endpoint": "http://collector:4318", "metrics_port": 9464})
+
+    env = settings.environment()
+
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
+    assert env["ATLANTIC_METRICS_PORT"] == "9464"
+    assert "ATLANTIC_OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+
+
+@pytest.mark.fast
+def test_an_outbox_row_keeps_the_trace_it_was_written_in():
+    tracer = TracerProvider().get_tracer("test")
+    event = OrderCreated(order_id="o-1", customer_id="c-1", total_price=Decimal("1.00"),
+                         items=[OrderItem(product_id="p-1", quantity=1, price=Decimal("1.00"))])
+
+    [outside] = outbox.rows([event])
+    with tracer.start_as_current_span("work") as span:
+        [inside] = outbox.rows([event])
+
+    context = span.get_span_context()
+    assert outside.traceparent is None
+    assert inside.traceparent == (f"00-{context.trace_id:032x}-{context.span_id:016x}"
+                                  f"-{context.trace_flags:02x}")
+
+
+@pytest.mark.fast
+def test_a_json_log_line_outside_any_message_has_the_basic_fields():
+    record = logging.LogRecord("atlantic", logging.WARNING, __file__, 1, "hello %s", ("you",),
+                               None)
+
+    line = json.loads(runtime_telemetry.JsonFormatter().format(record))
+
+    assert line.keys() == {"time", "level", "logger", "message"}
+    assert line["message"] == "hello you" and line["level"] == "WARNING"
+
