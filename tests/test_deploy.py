@@ -24,6 +24,7 @@ NATS_CONF = ROOT / "deploy" / "nats.conf"
 
 HANDLER_SETS = ("users", "catalog", "orders", "payments", "analytics", "web")
 INFRASTRUCTURE = ("nats", "postgres", "redis", "clickhouse")
+OBSERVABILITY = ("otel-collector", "jaeger", "prometheus", "grafana")
 
 # Test-only passwords for deploy/nats.conf, one per NATS user.
 PASSWORDS = {user: f"{user}-test-password" for user in (*HANDLER_SETS, "client", "admin")}
@@ -52,13 +53,51 @@ def _final_stage(dockerfile: str) -> list[str]:
 # --- compose.yaml ----------------------------------------------------------------------------
 
 @pytest.mark.fast
+def test_compose_observability_is_a_profile_that_scrapes_every_set():
+    services = _compose()["services"]
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+
+    [job] = prometheus["scrape_configs"]
+    [targets] = job["dns_sd_configs"]
+
+    for name in OBSERVABILITY:
+        assert services[name]["profiles"] == ["observability"], name
+    for name in (*HANDLER_SETS, *INFRASTRUCTURE):
+        assert "profiles" not in services[name], name
+    assert set(targets["names"]) == set(HANDLER_SETS)
+    for name in HANDLER_SETS:
+        env = services[name]["environment"]
+        assert int(env["ATLANTIC_METRICS_PORT"]) == targets["port"], name
+        assert env["ATLANTIC_METRICS_HOST"] == "0.0.0.0", name
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" in env, name
+
+
+@pytest.mark.fast
+def test_the_grafana_dashboard_queries_only_metrics_atlantic_serves():
+    import runtime.app  # noqa: F401 (every module that defines a metric)
+    from prometheus_client import REGISTRY
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "atlantic.json")
+                           .read_text())
+    served = {family.name for family in REGISTRY.collect() if family.name.startswith("atlantic_")}
+
+    queried = {re.sub(r"_(bucket|sum|count|total)$", "", name)
+               for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"atlantic_[a-z_]+", target["expr"])}
+
+    assert queried and queried <= served, queried - served
+    assert {"atlantic_orders_created", "atlantic_saga_step_duration_seconds",
+            "atlantic_outbox_waiting_rows", "atlantic_dead_letters"} <= queried
+
+
+@pytest.mark.fast
 def test_compose_runs_one_service_per_handler_set_from_one_image():
     services = _compose()["services"]
 
     sets = {name: services[name] for name in HANDLER_SETS if name in services}
 
     assert set(sets) == set(HANDLER_SETS)
-    assert set(services) == set(HANDLER_SETS) | set(INFRASTRUCTURE)
+    assert set(services) == set(HANDLER_SETS) | set(INFRASTRUCTURE) | set(OBSERVABILITY)
     images = {(s["image"], json.dumps(s["build"], sort_keys=True)) for s in sets.values()}
     assert len(images) == 1, f"handler sets built differently: {images}"
     build = next(iter(sets.values()))["build"]
