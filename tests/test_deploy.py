@@ -74,8 +74,9 @@ def test_compose_observability_is_a_profile_that_scrapes_every_set():
 
 @pytest.mark.fast
 def test_the_grafana_dashboard_queries_only_metrics_atlantic_serves():
-    import runtime.app  # noqa: F401 (every module that defines a metric)
     from prometheus_client import REGISTRY
+
+    import runtime.app  # noqa: F401 (every module that defines a metric)
 
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "atlantic.json")
                            .read_text())
