@@ -13,10 +13,11 @@ What the log lines of a message say about it (its subject, its set, its consumer
 context variable here too, for runtime.telemetry's JSON log lines.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
+from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Tracer
@@ -77,30 +78,45 @@ def publish(subject: str, parent: str | None, event_id: str) -> str | None:
     return traceparent(span)
 
 
-def process_spans(subjects_and_headers: Iterable[tuple[str, Mapping[str, str] | None, str]],
-                  consumer: str, batch: Span) -> list[Span | None]:
+def batch_spans(tracer: Tracer, consumer: str, msgs: Sequence[Msg]
+                ) -> tuple[Span, list[Span | None]]:
+    """The spans of a batch of events: the batch's own, and one for each event (None for an
+    event that carries no trace). End them with `end`."""
+    batch = batch_span(tracer, consumer, (m.headers for m in msgs), len(msgs))
+    return batch, process_spans(tracer, msgs, consumer, batch)
+
+
+def end(spans: Iterable[Span | None]) -> None:
+    for span in spans:
+        if span is not None:
+            span.end()
+
+
+def process_spans(tracer: Tracer, msgs: Iterable[Msg], consumer: str, batch: Span
+                  ) -> list[Span | None]:
     """A span for each event of a batch that carries a trace: a child of the span that
     published it, so the event's trace goes on through this consumer, linked to the batch's
     span (which holds the transaction). Events without a trace get None."""
-    assert _tracer is not None
     link = [Link(batch.get_span_context())]
     spans: list[Span | None] = []
-    for subject, headers, event_id in subjects_and_headers:
+    for msg in msgs:
+        subject, headers = msg.subject, msg.headers
+        event_id = (headers or {}).get("Nats-Msg-Id")
         parent = extract(headers)
-        spans.append(None if parent is None else _tracer.start_span(
+        spans.append(None if parent is None else tracer.start_span(
             f"{subject} process", context=parent, kind=SpanKind.CONSUMER, links=link,
             attributes=messaging(subject, "process", message_id=event_id,
                                  **{"consumer.group.name": consumer})))
     return spans
 
 
-def batch_span(consumer: str, parents: Iterable[Mapping[str, str] | None], size: int) -> Span:
+def batch_span(tracer: Tracer, consumer: str, parents: Iterable[Mapping[str, str] | None],
+               size: int) -> Span:
     """The span of one batch of a consumer: a trace of its own (a batch serves many orders),
     linked to the context of each event it holds, as the messaging conventions say."""
-    assert _tracer is not None
     links = [Link(trace.get_current_span(c).get_span_context())
              for h in parents if (c := extract(h)) is not None]
-    return _tracer.start_span(
+    return tracer.start_span(
         f"{consumer} process", kind=SpanKind.CONSUMER, links=links, context=Context(),
         attributes={"messaging.system": "nats", "messaging.operation.type": "process",
                     "messaging.consumer.group.name": consumer,

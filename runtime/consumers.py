@@ -43,7 +43,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 from prometheus_client import Counter, Histogram
@@ -277,19 +276,12 @@ class BatchConsumer:
         if self._tracer is None:
             await self._handle(msgs, None)
             return
-        batch = telemetry.batch_span(self.durable, (m.headers for m in msgs), len(msgs))
-        spans = telemetry.process_spans(
-            ((m.subject, m.headers, (m.headers or {}).get("Nats-Msg-Id")) for m in msgs),
-            self.durable, batch)
-        token = otel_context.attach(trace.set_span_in_context(batch))
+        batch, spans = telemetry.batch_spans(self._tracer, self.durable, msgs)
         try:
-            await self._handle(msgs, spans)
+            with trace.use_span(batch, end_on_exit=True):
+                await self._handle(msgs, spans)
         finally:
-            otel_context.detach(token)
-            for span in spans:
-                if span is not None:
-                    span.end()
-            batch.end()
+            telemetry.end(spans)
 
     async def _handle(self, msgs: list[Msg], spans: list[Span | None] | None) -> None:
         deliveries: list[tuple[Msg, Delivery[Any]]] = []

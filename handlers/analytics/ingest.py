@@ -240,18 +240,12 @@ class Ingest:
         if self.tracer is None:
             await self._store(batch)
             return
-        msgs = batch.messages
-        span = telemetry.batch_span(self.durable, (m.headers for m in msgs), len(msgs))
-        events = telemetry.process_spans(
-            ((m.subject, m.headers, (m.headers or {}).get("Nats-Msg-Id")) for m in msgs),
-            self.durable, span)
+        span, events = telemetry.batch_spans(self.tracer, self.durable, batch.messages)
         try:
             with trace.use_span(span, end_on_exit=True):
                 await self._store(batch)
         finally:
-            for event in events:
-                if event is not None:
-                    event.end()
+            telemetry.end(events)
 
     async def _store(self, batch: Batch) -> None:
         began = time.monotonic()

@@ -237,7 +237,9 @@ def bench(
         help="saga: comma-separated, of up (every set in one process as `atlantic up` runs "
              "them: NATS users, an application per set), one (the same on an open NATS "
              "server), per-set, replicas (two per set), r3 (one, on a three-node NATS "
-             "cluster, stream R3)")] = "up,per-set,replicas",
+             "cluster, stream R3); per-set-traced, one-traced and up-traced: the same with "
+             "telemetry on (spans exported over OTLP to a receiver that drops them, /metrics "
+             "served)")] = "up,per-set,replicas",
     callers: Annotated[int, typer.Option(
         help="saga: closed-loop callers for peak throughput (one order in the saga each); "
              "0: none")] = 64,

@@ -33,6 +33,8 @@ from runtime.settings import Settings
 from runtime.tools.bench.runner import Row, _product, echo_cpu, miss, ms, peak_rss_mb
 from runtime.tools.bench.world import World, open_world
 from runtime.tools.loadgen import percentile
+from runtime.tools.otlp_sink import OtlpSink
+from runtime.tools.services import free_port
 
 SETS = ["users", "catalog", "orders", "payments", "analytics"]
 ANALYTICS_ONCE = "analytics runs as ONE process: chDB owns its data directory exclusively"
@@ -48,9 +50,17 @@ TOPOLOGIES = {
     # "one" as `atlantic up` runs it: NATS with the users of deploy/nats.conf, so the process
     # serves each set as an application of its own, with its own NATS user and connection.
     "up": ("one process, NATS users (atlantic up)", [("all sets", SETS)]),
+    # "per-set", "one" and "up" with telemetry on: every span exported over OTLP to a receiver
+    # in the bench's own process that counts and drops them (a collector's work is not
+    # Atlantic's), and /metrics served. Interleave them for the cost of telemetry:
+    #   --topologies up,up-traced,up,up-traced
+    "per-set-traced": ("process per set, telemetry on", [(s, [s]) for s in SETS]),
+    "one-traced": ("one process, telemetry on", [("all sets", SETS)]),
+    "up-traced": ("one process, NATS users (atlantic up), telemetry on", [("all sets", SETS)]),
 }
 CLUSTERED = {"r3": 3}  # NATS nodes per topology; one unless named here
-WITH_NATS_USERS = {"up"}
+WITH_NATS_USERS = {"up", "up-traced"}
+TRACED = {"per-set-traced", "one-traced", "up-traced"}
 RATES = [25.0, 50.0, 100.0, 200.0, 400.0]
 GOOD_P99 = 0.25  # seconds created→RESERVED
 HOPELESS_P99 = 5.0  # a sweep stops after a rate this far gone, or one that lost orders
@@ -302,11 +312,14 @@ def _progress(topology: str, what: str, step: Step) -> None:
 async def topology(base: Settings, short: str, plan: Plan, seconds: float,
                    rss: dict[str, float]) -> Result:
     name, layout = TOPOLOGIES[short]
+    sink = OtlpSink(keep=False).start() if short in TRACED else None
     async with open_world(base, f"bench_saga_{short.replace('-', '_')}_{os.getpid()}",
                           nodes=CLUSTERED.get(short, 1),
                           nats_users=short in WITH_NATS_USERS) as world:
         for process, sets in layout:
-            await world.serve(sets, key=process)
+            telemetry = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+                         "ATLANTIC_METRICS_PORT": str(free_port())} if sink else {}
+            await world.serve(sets, key=process, **telemetry)
         # As a client application would (the `client` NATS user where the server has users);
         # the stream's consumers are read as the operator.
         nc = await accounts.connect(world.client_url)
@@ -329,10 +342,15 @@ async def topology(base: Settings, short: str, plan: Plan, seconds: float,
                 _progress(name, f"closed loop, {plan.callers} callers", result.closed)
             for process, p in world.processes.items():
                 rss[f"{process} (saga, {name})"] = peak_rss_mb(p.pid)
+            if sink:
+                print(f"saga, {name}: {sink.received:,} spans received", file=sys.stderr,
+                      flush=True)
             return result
         finally:
             await db.close()
             await nc.close()
+            if sink:
+                sink.stop()
 
 
 async def saga(base: Settings, plan: Plan, seconds: float,
