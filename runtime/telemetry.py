@@ -200,6 +200,6 @@ def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if settings.log_format == "json"
                          else logging.Formatter(TEXT_FORMAT))
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     # One access-log line per message costs about a third of throughput; keep errors only.
     logging.getLogger("faststream.access").setLevel(logging.WARNING)

@@ -311,8 +311,17 @@ def _progress(topology: str, what: str, step: Step) -> None:
 
 async def topology(base: Settings, short: str, plan: Plan, seconds: float,
                    rss: dict[str, float]) -> Result:
-    name, layout = TOPOLOGIES[short]
     sink = OtlpSink(keep=False).start() if short in TRACED else None
+    try:  # the sink outlives the world: the processes send their last spans as they stop
+        return await _topology(base, short, plan, seconds, rss, sink)
+    finally:
+        if sink:
+            sink.stop()
+
+
+async def _topology(base: Settings, short: str, plan: Plan, seconds: float,
+                    rss: dict[str, float], sink: OtlpSink | None) -> Result:
+    name, layout = TOPOLOGIES[short]
     async with open_world(base, f"bench_saga_{short.replace('-', '_')}_{os.getpid()}",
                           nodes=CLUSTERED.get(short, 1),
                           nats_users=short in WITH_NATS_USERS) as world:
@@ -349,8 +358,6 @@ async def topology(base: Settings, short: str, plan: Plan, seconds: float,
         finally:
             await db.close()
             await nc.close()
-            if sink:
-                sink.stop()
 
 
 async def saga(base: Settings, plan: Plan, seconds: float,
