@@ -2,18 +2,21 @@
 `traceparent` header that carries a trace from one process to the next.
 
 The tracer is None unless runtime.telemetry set one up (OTEL_* variables, or a test's own
-provider): then every helper here returns at its first line, so a process without telemetry pays
-an attribute read per message. Spans follow OpenTelemetry's messaging conventions: named
-`<subject> <operation>` ("atlantic.orders.create process", "atlantic.events.order.created
-publish"), with `messaging.*` attributes. A trace crosses the outbox because the outbox row
-keeps the `traceparent` of the span that wrote it (storage.outbox), the relay sends it as a
-header, and a consumer's span for the event continues it.
+provider); the code that serves messages reads it once and, when it is None, makes no span at
+all, so a process without telemetry pays a comparison per message. Spans follow OpenTelemetry's
+messaging conventions: named `<subject> <operation>` ("atlantic.orders.create process",
+"atlantic.events.order.created process"), with `messaging.*` attributes. A trace crosses the
+outbox because the outbox row keeps the `traceparent` of the span that wrote it
+(storage.outbox), the relay sends it as a header, and a consumer's span for the event is that
+span's child. (No span is made for the relay's publish: it would be one more span an event for
+a hop whose wait already shows as the gap between the writer's span and the consumer's.)
 
 What the log lines of a message say about it (its subject, its set, its consumer) is kept in a
 context variable here too, for runtime.telemetry's JSON log lines.
 """
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -65,59 +68,42 @@ def messaging(subject: str, operation: str, **more: Any) -> dict[str, Any]:
     return attributes
 
 
-def publish(subject: str, parent: str | None, event_id: str) -> str | None:
-    """A span for publishing an outbox row, in the trace of the code that wrote it, and the
-    traceparent to send with the event. The relay publishes asynchronously: the span marks the
-    hand-over, its distance from the writer's span is the time the row waited in the outbox."""
-    if _tracer is None or parent is None:
-        return parent
-    span = _tracer.start_span(f"{subject} publish", context=extract({TRACEPARENT: parent}),
-                              kind=SpanKind.PRODUCER,
-                              attributes=messaging(subject, "publish", message_id=event_id))
-    span.end()
-    return traceparent(span)
+@contextmanager
+def batch_scope(tracer: Tracer, consumer: str, msgs: Sequence[Msg]
+                ) -> Iterator[list[Span | None]]:
+    """The spans of a batch of events, the batch's current while it is applied; yields each
+    event's span (None for an event of a larger batch that carries no trace).
+
+    A batch of one is its event's span: a child of the span that wrote the event, so the
+    order's trace goes on through this consumer. A larger batch serves many orders, so it gets
+    a span of its own, in a trace of its own, and each traced event a span in its own trace,
+    linked to the batch's (which holds the transaction). Spans cost CPU (about 20 us each to
+    make and as much to export), so a quiet shop's batches of one make one span, not two."""
+    if len(msgs) == 1:
+        current = _event_span(tracer, msgs[0], consumer, extract(msgs[0].headers), None)
+        events: list[Span | None] = [current]
+    else:
+        current = tracer.start_span(
+            f"{consumer} process", kind=SpanKind.CONSUMER, context=Context(),
+            attributes={"messaging.system": "nats", "messaging.operation.type": "process",
+                        "messaging.consumer.group.name": consumer,
+                        "messaging.batch.message_count": len(msgs)})
+        link = [Link(current.get_span_context())]
+        events = [None if (parent := extract(m.headers)) is None
+                  else _event_span(tracer, m, consumer, parent, link) for m in msgs]
+    try:
+        with trace.use_span(current, end_on_exit=True):
+            yield events
+    finally:
+        for span in events:
+            if span is not None and span is not current:
+                span.end()
 
 
-def batch_spans(tracer: Tracer, consumer: str, msgs: Sequence[Msg]
-                ) -> tuple[Span, list[Span | None]]:
-    """The spans of a batch of events: the batch's own, and one for each event (None for an
-    event that carries no trace). End them with `end`."""
-    batch = batch_span(tracer, consumer, (m.headers for m in msgs), len(msgs))
-    return batch, process_spans(tracer, msgs, consumer, batch)
-
-
-def end(spans: Iterable[Span | None]) -> None:
-    for span in spans:
-        if span is not None:
-            span.end()
-
-
-def process_spans(tracer: Tracer, msgs: Iterable[Msg], consumer: str, batch: Span
-                  ) -> list[Span | None]:
-    """A span for each event of a batch that carries a trace: a child of the span that
-    published it, so the event's trace goes on through this consumer, linked to the batch's
-    span (which holds the transaction). Events without a trace get None."""
-    link = [Link(batch.get_span_context())]
-    spans: list[Span | None] = []
-    for msg in msgs:
-        subject, headers = msg.subject, msg.headers
-        event_id = (headers or {}).get("Nats-Msg-Id")
-        parent = extract(headers)
-        spans.append(None if parent is None else tracer.start_span(
-            f"{subject} process", context=parent, kind=SpanKind.CONSUMER, links=link,
-            attributes=messaging(subject, "process", message_id=event_id,
-                                 **{"consumer.group.name": consumer})))
-    return spans
-
-
-def batch_span(tracer: Tracer, consumer: str, parents: Iterable[Mapping[str, str] | None],
-               size: int) -> Span:
-    """The span of one batch of a consumer: a trace of its own (a batch serves many orders),
-    linked to the context of each event it holds, as the messaging conventions say."""
-    links = [Link(trace.get_current_span(c).get_span_context())
-             for h in parents if (c := extract(h)) is not None]
+def _event_span(tracer: Tracer, msg: Msg, consumer: str, parent: Context | None,
+                links: list[Link] | None) -> Span:
     return tracer.start_span(
-        f"{consumer} process", kind=SpanKind.CONSUMER, links=links, context=Context(),
-        attributes={"messaging.system": "nats", "messaging.operation.type": "process",
-                    "messaging.consumer.group.name": consumer,
-                    "messaging.batch.message_count": size})
+        f"{msg.subject} process", context=parent, kind=SpanKind.CONSUMER, links=links,
+        attributes=messaging(msg.subject, "process",
+                             message_id=(msg.headers or {}).get("Nats-Msg-Id"),
+                             **{"consumer.group.name": consumer}))

@@ -43,7 +43,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
-from opentelemetry import trace
 from opentelemetry.trace import Span
 from prometheus_client import Counter, Histogram
 from pydantic import TypeAdapter, ValidationError
@@ -276,12 +275,8 @@ class BatchConsumer:
         if self._tracer is None:
             await self._handle(msgs, None)
             return
-        batch, spans = telemetry.batch_spans(self._tracer, self.durable, msgs)
-        try:
-            with trace.use_span(batch, end_on_exit=True):
-                await self._handle(msgs, spans)
-        finally:
-            telemetry.end(spans)
+        with telemetry.batch_scope(self._tracer, self.durable, msgs) as spans:
+            await self._handle(msgs, spans)
 
     async def _handle(self, msgs: list[Msg], spans: list[Span | None] | None) -> None:
         deliveries: list[tuple[Msg, Delivery[Any]]] = []

@@ -85,8 +85,7 @@ class OutboxRelay:
     async def _publish(self, row: OutboxRow) -> asyncio.Future:
         headers = {"Nats-Msg-Id": row.event_id}
         if row.traceparent:  # the trace of the code that wrote the row goes on with the event
-            headers[telemetry.TRACEPARENT] = telemetry.publish(row.subject, row.traceparent,
-                                                               row.event_id)
+            headers[telemetry.TRACEPARENT] = row.traceparent
         return await self._js.publish_async(row.subject, row.payload, stream=STREAM,
                                             headers=headers)
 

@@ -15,6 +15,7 @@ from decimal import Decimal
 from urllib.request import urlopen
 
 import pytest
+from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -120,41 +121,21 @@ async def test_one_order_is_one_trace_across_the_sets_the_outbox_and_analytics(s
 
     names = {s.name for s in spans}
     assert {"atlantic.orders.create process", "atlantic.catalog.quote process"} <= names
-    assert {f"{subject} publish" for subject in SAGA_EVENTS} <= names
     assert wanted <= consumed(spans)
     assert any(s.service == "atlantic-analytics" for s in spans)  # the analytics process's
     by_id = {s.span_id: s for s in spans}
     for span in spans:  # no broken link: every parent is in the trace, or is the caller's
         assert span.parent_span_id == root or span.parent_span_id in by_id, span
-    for span in spans:
-        parent = by_id.get(span.parent_span_id)
-        if span.name.endswith(" publish"):  # an outbox row written while serving a message
-            assert parent is not None and parent.name.endswith(" process"), span
-        elif span.name.startswith("atlantic.events."):  # an event, consumed where published
-            subject = span.name.removesuffix(" process")
-            assert parent is not None and parent.name == f"{subject} publish", span
-
-
-async def test_an_event_span_is_linked_to_the_batch_that_applied_it(shop: Shop):
-    world = shop.world
-    customer, _ = await world.customer()
-    product = await world.product("3.00", 10)
-    trace_id, root = new_trace()
-
-    order = await world.order(customer, (product, 1), headers=traceparent(trace_id, root))
-    await world.status_becomes(customer, order["orderId"], "RESERVED")
-
-    batches = {f"{s.context.span_id:016x}": s for s in shop.exporter.get_finished_spans()
-               if s.name.endswith(" process") and not s.name.startswith("atlantic.")}
-    events = [s for s in shop.spans(trace_id) if s.name.startswith("atlantic.events.")
-              and s.name.endswith(" process") and s.service == "here"]
-    assert events
-    for event in events:
-        [(_, batch_id)] = event.links
-        batch = batches[batch_id]
-        assert batch.attributes["messaging.consumer.group.name"] == \
-            event.attributes["messaging.consumer.group.name"]
-        assert any(f"{link.context.trace_id:032x}" == trace_id for link in batch.links)
+    for span in spans:  # an event's span is a child of the span that wrote it to an outbox
+        if span.name.startswith("atlantic.events."):
+            parent = by_id[span.parent_span_id]
+            assert parent.name.endswith(" process") and parent.name != span.name, span
+    [create] = [s for s in spans if s.name == "atlantic.orders.create process"]
+    [quote] = [s for s in spans if s.name == "atlantic.catalog.quote process"]
+    assert create.parent_span_id == root and quote.parent_span_id == create.span_id
+    [created] = [s for s in spans if s.name == "atlantic.events.order.created process"
+                 and s.attributes["messaging.consumer.group.name"] == "catalog-stock"]
+    assert created.parent_span_id == create.span_id  # across the orders set's outbox
 
 
 async def test_metrics_count_orders_saga_steps_requests_and_dead_letters(shop: Shop):
@@ -291,6 +272,55 @@ def test_an_outbox_row_keeps_the_trace_it_was_written_in():
     assert outside.traceparent is None
     assert inside.traceparent == (f"00-{context.trace_id:032x}-{context.span_id:016x}"
                                   f"-{context.trace_flags:02x}")
+
+
+def _msg(subject: str, headers: dict[str, str] | None) -> Msg:
+    return Msg(_client=None, subject=subject, headers=headers)  # type: ignore[arg-type]
+
+
+@pytest.mark.fast
+def test_an_event_batch_of_one_is_one_span_in_its_events_trace():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace_id, parent = new_trace()
+
+    with telemetry.batch_scope(provider.get_tracer("test"), "orders-lifecycle", [
+            _msg("atlantic.events.order.validated", traceparent(trace_id, parent))]) as spans:
+        inside = outbox.traceparent()
+
+    [span] = exporter.get_finished_spans()
+    assert [s.get_span_context() for s in spans] == [span.context]
+    assert span.name == "atlantic.events.order.validated process"
+    assert f"{span.context.trace_id:032x}" == trace_id
+    assert f"{span.parent.span_id:016x}" == parent
+    assert span.attributes["messaging.consumer.group.name"] == "orders-lifecycle"
+    assert inside == outbox.traceparent(span)  # what the batch emits goes on in the trace
+
+
+@pytest.mark.fast
+def test_a_larger_batch_has_its_own_span_and_each_traced_event_one_linked_to_it():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    (first, a), (second, b) = new_trace(), new_trace()
+
+    with telemetry.batch_scope(provider.get_tracer("test"), "catalog-stock", [
+            _msg("atlantic.events.order.created", traceparent(first, a)),
+            _msg("atlantic.events.order.created", {"Nats-Msg-Id": "untraced"}),
+            _msg("atlantic.events.order.payment_processed", traceparent(second, b)),
+    ]) as spans:
+        inside = outbox.traceparent()
+
+    finished = {s.name: s for s in exporter.get_finished_spans()}
+    batch = finished["catalog-stock process"]
+    assert spans[1] is None and len(exporter.get_finished_spans()) == 3
+    assert inside == outbox.traceparent(batch)
+    assert batch.parent is None and batch.attributes["messaging.batch.message_count"] == 3
+    for span, trace_id, parent in ((spans[0], first, a), (spans[2], second, b)):
+        assert f"{span.context.trace_id:032x}" == trace_id
+        assert f"{span.parent.span_id:016x}" == parent
+        assert [link.context.span_id for link in span.links] == [batch.context.span_id]
 
 
 @pytest.mark.fast

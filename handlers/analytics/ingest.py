@@ -42,7 +42,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from opentelemetry import trace
 from prometheus_client import Histogram
 
 from contracts.events import ALL_EVENTS, STREAM
@@ -240,12 +239,8 @@ class Ingest:
         if self.tracer is None:
             await self._store(batch)
             return
-        span, events = telemetry.batch_spans(self.tracer, self.durable, batch.messages)
-        try:
-            with trace.use_span(span, end_on_exit=True):
-                await self._store(batch)
-        finally:
-            telemetry.end(events)
+        with telemetry.batch_scope(self.tracer, self.durable, batch.messages):
+            await self._store(batch)
 
     async def _store(self, batch: Batch) -> None:
         began = time.monotonic()
