@@ -201,5 +201,9 @@ def configure_logging(settings: Settings) -> None:
     handler.setFormatter(JsonFormatter() if settings.log_format == "json"
                          else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    if settings.log_format == "json":
+        # FastStream's logger writes through a handler of its own (coloured text), not the
+        # root's: its start and stop lines become JSON lines too.
+        logging.getLogger("faststream").handlers = [handler]
     # One access-log line per message costs about a third of throughput; keep errors only.
     logging.getLogger("faststream.access").setLevel(logging.WARNING)
