@@ -41,6 +41,7 @@ class Settings(BaseSettings):
         None, alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     otel_traces_exporter: str | None = Field(None, alias="OTEL_TRACES_EXPORTER")
     otel_service_name: str | None = Field(None, alias="OTEL_SERVICE_NAME")
+    otel_sdk_disabled: bool = Field(False, alias="OTEL_SDK_DISABLED")
 
     session_idle_seconds: int = Field(30 * 60, ge=1)
     session_absolute_seconds: int = Field(12 * 60 * 60, ge=1)

@@ -2,9 +2,10 @@
 
 - Traces: an OpenTelemetry SDK with an OTLP (HTTP) exporter, set up only when the standard
   OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_TRACES_EXPORTER
-  (otlp, console; "none" turns it off) asks for it. Without them no SDK is loaded and the
-  spans in runtime.requests, runtime.consumers and the relay are never started (their tracer
-  is None), so a process without telemetry pays nothing for it.
+  (otlp, console; "none", or OTEL_SDK_DISABLED=true, turns it off) asks for it. Without them
+  no SDK is loaded and the spans of runtime.requests, runtime.consumers and the analytics
+  ingest are never started (their tracer is None), so a process without traces pays nothing
+  for them.
 - Metrics: prometheus_client's registry, served as text on ATLANTIC_METRICS_PORT (once per
   process, whatever apps it runs), and by the web set on its own port. The counters live beside
   the code that counts; what is cheaper to ask at scrape time than to keep up to date (outbox
@@ -45,7 +46,7 @@ _tracing_configured = False
 
 def tracing_wanted(settings: Settings) -> bool:
     exporter = (settings.otel_traces_exporter or "").strip().lower()
-    if exporter == "none":
+    if exporter == "none" or settings.otel_sdk_disabled:
         return False
     return bool(exporter or settings.otel_exporter_otlp_endpoint
                 or settings.otel_exporter_otlp_traces_endpoint)

@@ -244,6 +244,8 @@ def test_traces_are_on_only_when_the_otel_settings_ask():
         "otel_traces_exporter": "console"}))
     assert not runtime_telemetry.tracing_wanted(base.model_copy(update={
         "otel_exporter_otlp_endpoint": "http://collector:4318", "otel_traces_exporter": "none"}))
+    assert not runtime_telemetry.tracing_wanted(base.model_copy(update={
+        "otel_exporter_otlp_endpoint": "http://collector:4318", "otel_sdk_disabled": True}))
 
 
 @pytest.mark.fast

@@ -70,6 +70,11 @@ class OtlpSink:
         self._server.server_close()
 
     def _take(self, request: ExportTraceServiceRequest) -> None:
+        if not self.keep:
+            with self._lock:
+                self.received += sum(len(scope.spans) for resource in request.resource_spans
+                                     for scope in resource.scope_spans)
+            return
         spans = []
         for resource in request.resource_spans:
             service = next((a.value.string_value for a in resource.resource.attributes
@@ -84,8 +89,7 @@ class OtlpSink:
                               for link in span.links)))
         with self._lock:
             self.received += len(spans)
-            if self.keep:
-                self.spans.extend(spans)
+            self.spans.extend(spans)
 
 
 def _value(value: object) -> object:
