@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
-from support import eventually, world_of_its_own
+from support import ATLANTIC, cli_env, eventually, world_of_its_own
 
 from contracts.events import OrderCreated, OrderItem
 from handlers import HANDLER_SETS, telemetry
@@ -28,6 +28,7 @@ from runtime import telemetry as runtime_telemetry
 from runtime.settings import Settings
 from runtime.tools.bench.world import SAGA_SETS, World
 from runtime.tools.otlp_sink import OtlpSink, ReceivedSpan
+from runtime.tools.readiness import wait_until_answering
 from runtime.tools.services import free_port
 from storage import outbox
 
@@ -229,6 +230,37 @@ async def test_json_log_lines_carry_the_trace_of_their_request(shop: Shop):
     assert mine["logger"] == "atlantic.requests" and mine["level"] == "DEBUG"
     assert mine["span_id"] != root and len(mine["span_id"]) == 16
     assert mine["time"].endswith("Z") and mine["message"].startswith(mine["subject"])
+
+
+async def test_a_process_with_json_logs_writes_only_json_lines_with_its_requests_traces(
+        shop: Shop):
+    world = shop.world
+    process = await asyncio.create_subprocess_exec(
+        ATLANTIC, "serve", "--handlers", "users", stderr=asyncio.subprocess.PIPE,
+        env=cli_env(world.settings, ATLANTIC_LOG_FORMAT="json", ATLANTIC_LOG_LEVEL="DEBUG",
+                    ATLANTIC_METRICS_PORT="0", OTEL_BSP_SCHEDULE_DELAY="50"))
+    traces = {}
+    try:  # a second users instance: the queue group shares the requests between the two
+        await wait_until_answering(world.client.nc, "users", instances=2, seconds=30,
+                                   exited=lambda: process.returncode is not None)
+        for _ in range(24):  # each lands on either instance: this one's share is not zero
+            trace_id, root = new_trace()
+            reply = await world.client.call("atlantic.users.me",
+                                            headers=traceparent(trace_id, root))
+            assert reply.status == 401
+            traces[trace_id] = root
+    finally:
+        process.terminate()
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+
+    lines = [json.loads(line) for line in stderr.decode().splitlines()]  # each one JSON
+    served = [line for line in lines if line.get("trace_id") in traces]
+    assert served, lines[-5:]
+    for line in served:
+        assert line["subject"] == "atlantic.users.me" and line["set"] == "users"
+        assert line["span_id"] != traces[line["trace_id"]]
+    assert any(line["logger"] == "faststream" for line in lines)  # FastStream's own, as JSON
+    assert {"time", "level", "logger", "message"} <= set(lines[0])
 
 
 # --- no servers -----------------------------------------------------------------------------------
