@@ -219,14 +219,16 @@ async def page(db: asyncpg.Connection, *, customer_id: str | None, status: str |
         else None
 
 
-async def overdue(db: asyncpg.Connection, older_than_seconds: float, limit: int) -> list[str]:
-    """Orders still waiting on the saga past their deadline, locked; others sweepers skip them."""
+async def overdue(db: asyncpg.Connection, older_than_seconds: float, limit: int
+                  ) -> dict[str, OrderStatus]:
+    """Orders still waiting on the saga past their deadline, with their statuses, locked; other
+    sweepers skip them."""
     rows = await db.fetch(
-        "SELECT id FROM orders.orders WHERE status IN ('CREATED', 'VALIDATED', 'PAID')"
+        "SELECT id, status FROM orders.orders WHERE status IN ('CREATED', 'VALIDATED', 'PAID')"
         " AND created_at < now() - make_interval(secs => $1)"
         " ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         older_than_seconds, limit)
-    return [r["id"] for r in rows]
+    return {r["id"]: r["status"] for r in rows}
 
 
 async def count_by_status(db: asyncpg.Connection) -> dict[str, int]:

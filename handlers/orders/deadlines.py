@@ -7,7 +7,7 @@ import asyncpg
 from faststream.context import ContextRepo
 
 from contracts.events import OrderCancelled
-from handlers.orders import SCHEMA, orders
+from handlers.orders import SCHEMA, metrics, orders
 from storage import orders as store
 from storage import outbox
 
@@ -36,4 +36,6 @@ async def cancel_overdue(pool: asyncpg.Pool, deadline_seconds: float) -> list[st
                                    cancellation_reason=DEADLINE_REASON)
             await outbox.add(db, SCHEMA, OrderCancelled(order_id=order_id,
                                                         cancellation_reason=DEADLINE_REASON))
-    return overdue
+    for status in overdue.values():
+        metrics.moved(status, "CANCELLED")
+    return list(overdue)
