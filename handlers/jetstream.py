@@ -13,6 +13,7 @@ from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableEr
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from contracts.events import STREAM
+from handlers import telemetry
 
 LEADERLESS = (nats.errors.TimeoutError, nats.errors.NoRespondersError, NoStreamResponseError,
               ServiceUnavailableError, nats.errors.ConnectionReconnectingError)
@@ -29,11 +30,11 @@ ATTEMPT_SECONDS = 1.0  # an attempt the old leader took with it is not waited fo
 async def publish_until(js: JetStreamContext, subject: str, payload: bytes, event_id: str, *,
                         within: float) -> PubAck:
     """Publishes one event, again with the same id while the stream has no leader, for up to
-    `within` seconds; the last failure is raised."""
+    `within` seconds; the last failure is raised. The event goes on in the current trace."""
     async for attempt in AsyncRetrying(
             stop=stop_after_delay(within), wait=wait_exponential(multiplier=0.05, max=0.5),
             retry=retry_if_exception(leaderless), reraise=True):
         with attempt:
             return await js.publish(subject, payload, timeout=ATTEMPT_SECONDS, stream=STREAM,
-                                    headers={"Nats-Msg-Id": event_id})
+                                    headers=telemetry.outgoing({"Nats-Msg-Id": event_id}))
     raise AssertionError("unreachable: tenacity returns or raises")
