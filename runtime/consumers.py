@@ -22,10 +22,10 @@ What a batch guarantees (handlers.batches applies it):
   without ever being dead-lettered for it.
 
 Telemetry is made here too, since no event passes through FastStream's middlewares: events and
-batches are counted per consumer (Prometheus), and, when tracing is on, a batch gets a span of
-its own linked to each event's context, and each event a span that continues the trace its
-`traceparent` header carries; what the batch emits for an order goes on in that order's trace
-(handlers.batches, EventBatch.trace_of).
+batches are counted per consumer (Prometheus), and, when tracing is on, each event gets a span
+that continues the trace its `traceparent` header carries (a batch of several also gets one of
+its own, which its events' spans link to: handlers.telemetry.batch_scope); what the batch emits
+for an order goes on in that order's trace (handlers.batches, EventBatch.trace_of).
 """
 
 import asyncio
