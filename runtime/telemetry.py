@@ -142,13 +142,20 @@ class ScrapeCollector(Collector):
         redelivered = GaugeMetricFamily("atlantic_consumer_redelivered_messages",
                                         "Events handed to a consumer more than once and not"
                                         " yet acknowledged", labels=["consumer"])
+        asked: set[str] = set()  # each outbox and consumer once, however many apps share it
         for source in list(self.sources):
             for schema in source.schemas if source.pool else ():
+                if f"outbox {schema}" in asked:
+                    continue
+                asked.add(f"outbox {schema}")
                 found = _ask(source.loop, outbox.backlog(source.pool, schema))
                 if found is not None:
                     waiting.add_metric([schema], found[0])
                     oldest.add_metric([schema], found[1])
             for durable in source.durables():
+                if f"consumer {durable}" in asked:
+                    continue
+                asked.add(f"consumer {durable}")
                 info = _ask(source.loop, source.js.consumer_info(STREAM, durable))
                 if info is not None:
                     pending.add_metric([durable], info.num_pending or 0)
