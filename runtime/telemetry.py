@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 from nats.js import JetStreamContext
 from opentelemetry import trace
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY, disable_created_metrics, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -36,6 +36,10 @@ from runtime.settings import Settings
 from storage import outbox
 
 log = logging.getLogger("atlantic.telemetry")
+
+# A `_created` series beside every counter and histogram doubles the text for a figure
+# Prometheus does not need (it sees counter resets by itself).
+disable_created_metrics()
 
 _lock = threading.Lock()
 _metrics_port: int | None = None  # the port this process serves /metrics on, once started
