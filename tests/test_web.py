@@ -302,20 +302,18 @@ async def test_order_stats_count_every_status_for_admins_only(shop):
     assert refused.status == 403
 
 
-async def test_the_web_set_serves_its_process_metrics_on_its_own_port(shop):
-    import asyncio
-    from urllib.request import urlopen
-
+async def test_the_web_set_serves_its_process_metrics_to_an_admin_only(page, shop):
     from prometheus_client.parser import text_string_to_metric_families
 
-    def scrape() -> tuple[str, str]:
-        with urlopen(f"{shop.url}/metrics", timeout=10) as reply:
-            return reply.headers["Content-Type"], reply.read().decode()
+    anonymous = await page.request.get("/metrics")
+    await sign_in(page, shop.admin_email)
+    await page.wait_for_url("**/")
+    scrape = await page.request.get("/metrics")
 
-    content_type, text = await asyncio.to_thread(scrape)
-
-    families = {family.name for family in text_string_to_metric_families(text)}
-    assert content_type.startswith("text/plain")
+    assert anonymous.status == 401  # the dashboard's port is public; its figures are not
+    assert (await anonymous.json())["error"]["code"] == "unauthorized"
+    assert scrape.ok and scrape.headers["content-type"].startswith("text/plain")
+    families = {family.name for family in text_string_to_metric_families(await scrape.text())}
     assert {"atlantic_requests", "atlantic_request_duration_seconds",
             "atlantic_outbox_waiting_rows"} <= families
 

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import (
@@ -105,6 +106,12 @@ class Web:
             except BackendError as exc:
                 return JSONResponse(exc.body, exc.status)
         return endpoint
+
+    async def metrics(self, _request: Request, _admin: Admin) -> Response:
+        """This process's Prometheus metrics, made on a worker thread: the scrape-time collector
+        waits there for answers it asks on the event loop."""
+        return Response(await run_in_threadpool(generate_latest, REGISTRY),
+                        media_type=CONTENT_TYPE_LATEST)
 
     # --- sign-in ---------------------------------------------------------------------------
 
@@ -254,15 +261,11 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-def metrics(_request: Request) -> Response:
-    """This process's Prometheus metrics. A plain function: Starlette runs it on a worker thread,
-    where the scrape-time collector may wait for answers asked on the event loop."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
-
 def create_app(web: Web) -> Starlette:
     return Starlette(middleware=[Middleware(SecurityHeaders)], routes=[
-        Route("/metrics", metrics),
+        # Operational figures: for an admin's session like the rest of this public port (a
+        # Prometheus scrapes ATLANTIC_METRICS_PORT, on the private network, instead).
+        Route("/metrics", web.api(web.metrics)),
         Route("/", web.page(web.index)),
         Route("/login", web.login_form, methods=["GET"]),
         Route("/login", web.login, methods=["POST"]),
