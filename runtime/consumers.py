@@ -185,7 +185,11 @@ class BatchConsumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.batches = self.events = 0  # handled since start
-        self._rate, self._taken_at = 0.0, time.monotonic()  # events a second, as lately taken
+        # Events a second, as lately taken. It starts where lingering pays, so a consumer that
+        # starts with a backlog takes what the server sends in one batch rather than a first event
+        # alone; a quiet consumer's estimate falls below that with its next batch.
+        self._rate = 1 / linger if linger > 0 else 0.0
+        self._taken_at = time.monotonic()
 
     @property
     def durable(self) -> str:
