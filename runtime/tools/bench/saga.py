@@ -67,7 +67,6 @@ HOPELESS_P99 = 5.0  # a sweep stops after a rate this far gone, or one that lost
 SETTLE = 30.0  # seconds after its step's last send by which an order must be RESERVED
 DRAIN = 180.0  # seconds a step's backlog may take to drain before its CPU is read
 NATS_SERVER = "nats-server"  # read beside the Atlantic processes, not counted in their total
-LOOP = " (event loop)"  # a process's main thread, read beside the whole process
 CREATE = "atlantic.orders.create"
 RESERVED_EVENT = "atlantic.events.order.inventory_reserved"
 PASSWORD = "bench-shopper-pass"
@@ -99,6 +98,8 @@ class Step:
     deliveries: dict[str, int]  # consumer → deliveries over the step and its drain
     refused: int  # create requests answered with an error or not at all
     drained: bool
+    loop_cpu: dict[str, float] = field(default_factory=dict)  # Atlantic process → its main thread's
+
 
     @property
     def missing(self) -> int:
@@ -125,12 +126,14 @@ class Step:
 
     @property
     def total_cpu_per_order(self) -> float:
-        return sum(v for p, v in self.cpu.items()
-                   if p != NATS_SERVER and not p.endswith(LOOP)) / self.orders
+        return sum(v for p, v in self.cpu.items() if p != NATS_SERVER) / self.orders
+
+    def loop_cpu_per_order(self, process: str) -> float:
+        return self.loop_cpu[process] / self.orders
 
     @property
-    def loop_cpu_per_order(self) -> float:
-        return sum(v for p, v in self.cpu.items() if p.endswith(LOOP)) / self.orders
+    def total_loop_cpu_per_order(self) -> float:
+        return sum(self.loop_cpu.values()) / self.orders
 
 
 @dataclass
@@ -174,15 +177,15 @@ class Shop:
         self.products = [await _product(self.nc, self.world) for _ in range(products)]
         self.tokens = [await _shopper(self.nc, n) for n in range(shoppers)]
 
-    def cpu(self) -> dict[str, float]:
-        """CPU seconds (user + system, every thread) each process has used so far, and for
-        each Atlantic process its main thread's alone (under `name + LOOP`)."""
+    def cpu(self) -> dict[str, tuple[float, float]]:
+        """CPU seconds (user + system) each process has used so far: all its threads, and its
+        main thread alone (the event loop: Python and its syscalls; the rest is native threads,
+        chDB's above all)."""
         readings = {}
         for name, process in self.processes.items():
-            readings[name] = sum(process.cpu_times()[:2])
-            if name != NATS_SERVER:
-                main = next((t for t in process.threads() if t.id == process.pid), None)
-                readings[name + LOOP] = main.user_time + main.system_time if main else 0.0
+            main = next((t for t in process.threads() if t.id == process.pid), None)
+            readings[name] = (sum(process.cpu_times()[:2]),
+                              main.user_time + main.system_time if main else 0.0)
         return readings
 
     async def delivered(self) -> dict[str, int]:
@@ -194,7 +197,7 @@ class Shop:
         before = self.cpu()
         await asyncio.sleep(seconds)  # the interval measured, not a wait for an outcome
         after = self.cpu()
-        return {name: (after[name] - before[name]) / seconds for name in after}
+        return {name: (after[name][0] - before[name][0]) / seconds for name in after}
 
     async def place(self, n: int, key: str) -> str | None:
         """Places the n-th order (one item); its id, or None when refused or not answered."""
@@ -257,7 +260,8 @@ class Shop:
         return await self._outcome(0, sent, refused, cpu, deliveries)
 
     async def _outcome(self, rate: float, sent: dict[str, float], refused: int,
-                       cpu: dict[str, float], deliveries: dict[str, int]) -> Step:
+                       cpu: dict[str, tuple[float, float]], deliveries: dict[str, int]
+                       ) -> Step:
         """Waits for the orders sent (key → wall-clock send time) to be RESERVED, then for the
         backlog to drain, and reads what the step cost."""
         settle_by = time.monotonic() + max(sent.values()) + SETTLE - time.time()
@@ -267,9 +271,10 @@ class Shop:
         return Step(
             rate, len(sent), [at - sent[key] for key, at in reserved.items()],
             max(reserved.values(), default=0) - min(sent.values()),
-            {p: cpu_after[p] - cpu[p] for p in cpu},
+            {p: cpu_after[p][0] - cpu[p][0] for p in cpu},
             {c: n - deliveries.get(c, 0) for c, n in deliveries_after.items()},
-            refused, drained)
+            refused, drained,
+            {p: cpu_after[p][1] - cpu[p][1] for p in cpu if p != NATS_SERVER})
 
     async def _reserved(self, keys: list[str], deadline: float) -> dict[str, float]:
         """When the orders set applied RESERVED to each order placed with these keys (wall
@@ -455,8 +460,8 @@ def tables(r: Result) -> list[str]:
             + " |")
     for label, s in steps:
         cpu.append(f"| {label}, of which event loop | " + " | ".join(
-            f"{v * 1e3:.1f}" for v in [*(s.cpu_per_order(p + LOOP) for p in r.processes),
-                                       s.loop_cpu_per_order]) + " | |")
+            f"{v * 1e3:.1f}" for v in [*(s.loop_cpu_per_order(p) for p in r.processes),
+                                       s.total_loop_cpu_per_order]) + " | |")
     consumers = sorted({c for _, s in steps for c in s.deliveries})
     deliveries = [f"### order saga, {r.topology}: deliveries per order by durable consumer", "",
                   "| | " + " | ".join([*consumers, "total"]) + " |",
