@@ -13,6 +13,11 @@ handler sets are:
     python -m runtime.tools.bench.ceilings echo NATS_URL COUNT
         the CPU unit (PERFORMANCE.md rule 2): COUNT sequential 100-byte requests to a raw nats-py
         echo responder in the same process; prints the CPU seconds one round trip costs.
+    python -m runtime.tools.bench.ceilings postgres DSN COUNT PAUSE_SECONDS
+        COUNT sequential `SELECT 1` round trips over asyncpg, each after a pause (0: back to
+        back); prints the CPU seconds one costs. On this machine kind a round trip to a peer
+        that has gone idle costs about three times one made back to back (waking it), and the
+        saga's round trips are mostly of that kind.
 """
 
 import asyncio
@@ -21,6 +26,7 @@ import resource
 import sys
 import time
 
+import asyncpg
 import nats
 from nats.errors import TimeoutError as NatsTimeout
 from redis.asyncio import Redis
@@ -113,6 +119,22 @@ async def echo(nats_url: str, count: int) -> None:
     await nc.close()
 
 
+async def postgres(dsn: str, count: int, pause: float) -> None:
+    conn = await asyncpg.connect(dsn)
+    for _ in range(50):  # warm
+        await conn.fetchval("SELECT 1")
+    cpu = 0.0
+    for _ in range(count):
+        if pause:
+            await asyncio.sleep(pause)  # the peer goes idle, as between an order's steps
+        began = time.thread_time()
+        await conn.fetchval("SELECT 1")
+        cpu += time.thread_time() - began
+    print(json.dumps({"round_trips": count, "pause": pause, "cpu_seconds": cpu / count}),
+          flush=True)
+    await conn.close()
+
+
 if __name__ == "__main__":
     kind, *args = sys.argv[1:]
     if kind == "echo-responder":
@@ -121,5 +143,7 @@ if __name__ == "__main__":
         asyncio.run(responder(*args))
     elif kind == "echo":
         asyncio.run(echo(args[0], int(args[1])))
+    elif kind == "postgres":
+        asyncio.run(postgres(args[0], int(args[1]), float(args[2])))
     else:
         asyncio.run(ingest(args[0], args[1], int(args[2])))

@@ -413,6 +413,12 @@ def echo_cpu(nats_url: str, round_trips: int = 3_000) -> float:
                                   str(round_trips)))["cpu_seconds"]
 
 
+def postgres_cpu(dsn: str, pause: float, round_trips: int) -> float:
+    """Seconds of CPU one asyncpg `SELECT 1` round trip costs, each after `pause` seconds."""
+    return json.loads(_run_module("runtime.tools.bench.ceilings", "postgres", dsn,
+                                  str(round_trips), str(pause)))["cpu_seconds"]
+
+
 def _run_module(module: str, *args: str) -> str:
     done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           timeout=3_600, check=True)

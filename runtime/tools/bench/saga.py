@@ -30,7 +30,15 @@ from contracts.base import new_id
 from contracts.events import STREAM
 from runtime import accounts
 from runtime.settings import Settings
-from runtime.tools.bench.runner import Row, _product, echo_cpu, miss, ms, peak_rss_mb
+from runtime.tools.bench.runner import (
+    Row,
+    _product,
+    echo_cpu,
+    miss,
+    ms,
+    peak_rss_mb,
+    postgres_cpu,
+)
 from runtime.tools.bench.world import World, open_world
 from runtime.tools.loadgen import percentile
 from runtime.tools.otlp_sink import OtlpSink
@@ -66,6 +74,7 @@ GOOD_P99 = 0.25  # seconds created→RESERVED
 HOPELESS_P99 = 5.0  # a sweep stops after a rate this far gone, or one that lost orders
 SETTLE = 30.0  # seconds after its step's last send by which an order must be RESERVED
 DRAIN = 180.0  # seconds a step's backlog may take to drain before its CPU is read
+PAUSE = 0.01  # seconds: a PostgreSQL round trip is also timed after this long a pause
 NATS_SERVER = "nats-server"  # read beside the Atlantic processes, not counted in their total
 CREATE = "atlantic.orders.create"
 RESERVED_EVENT = "atlantic.events.order.inventory_reserved"
@@ -142,6 +151,8 @@ class Result:
     processes: list[str]
     echo: float  # CPU seconds of one raw nats-py echo round trip, same world
     idle: dict[str, float]  # process → CPU seconds per second, quiet
+    # CPU seconds of one PostgreSQL round trip, back to back and after a pause, same world
+    postgres: tuple[float, float] = (0.0, 0.0)
     steps: list[Step] = field(default_factory=list)
     closed: Step | None = None
     callers: int = 0
@@ -344,8 +355,11 @@ async def _topology(base: Settings, short: str, plan: Plan, seconds: float,
             await shop.open_loop(10, 2)  # warm: pools, caches, consumers; not reported
             echo = await asyncio.to_thread(echo_cpu, accounts.url_for(
                 world.nats.url, world.settings.data_dir, "admin"))
+            postgres = tuple([await asyncio.to_thread(
+                postgres_cpu, world.settings.postgres_dsn, pause, count)
+                for pause, count in ((0.0, 1_000), (PAUSE, 200))])
             result = Result(name, [p for p, _ in layout], echo, await shop.idle(seconds),
-                            callers=plan.callers)
+                            postgres, callers=plan.callers)
             for rate in plan.rates:
                 result.steps.append(step := await shop.open_loop(rate, seconds))
                 _progress(name, f"{rate:g}/s", step)
@@ -444,7 +458,10 @@ def tables(r: Result) -> list[str]:
            "Idle: ms of CPU per second over a quiet interval as long as a step. "
            "Load: ms of CPU per order over the step and its drain. "
            f"{NATS_SERVER} is not an Atlantic process and is not in the total. One raw "
-           f"nats-py echo round trip cost {r.echo * 1e6:.0f} µs of CPU in this world. "
+           f"nats-py echo round trip cost {r.echo * 1e6:.0f} µs of CPU in this world; one "
+           f"PostgreSQL round trip (`SELECT 1`) {r.postgres[0] * 1e6:.0f} µs back to back and "
+           f"{r.postgres[1] * 1e6:.0f} µs after a {PAUSE * 1e3:.0f} ms pause (a peer woken "
+           "from idle, as most of an order's are at these rates). "
            "Of which event loop: the process's main thread (Python and its syscalls); the rest "
            "is native threads, chDB's above all."
            + (f" ({ANALYTICS_ONCE}.)" if r.topology == "two replicas per set" else ""), "",
