@@ -210,6 +210,21 @@ async def test_every_table_but_first_orders_keeps_the_configured_retention(syste
     assert "TTL" not in tables["first_orders"]  # new versus returning needs every first order
 
 
+async def test_inserted_parts_are_packed_and_merged_ones_stored_in_full(system, history):
+    """An insert writes one archive per table (packed storage), not a dozen files each; what
+    merges make is stored as usual."""
+    store = system.context.get("analytics")
+    parts = await store._rows(
+        "SELECT table, min_block_number = max_block_number AS inserted, part_storage_type"
+        " FROM system.parts WHERE database = {db:String}", db=store.db)  # inactive ones too
+
+    inserted = {p["part_storage_type"] for p in parts if p["inserted"]}
+    merged = {p["part_storage_type"] for p in parts if not p["inserted"]}
+    assert {p["table"] for p in parts if p["inserted"]} >= {"events", "order_lines"}
+    assert inserted == {"Packed"}
+    assert merged <= {"Full"}
+
+
 async def test_users_equal_the_recomputation(queries, history):
     body = await ask(queries, contract.USERS, history.wire())
 

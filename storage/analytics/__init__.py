@@ -151,6 +151,10 @@ class AnalyticsStore:
         for statement in (*schema.statements(self.db, self._retention_days),
                           *schema.projection_statements(self.db, missing)):
             await self._run(self.backend.query, statement, {})
+        if await self._rows("SELECT 1 FROM system.merge_tree_settings WHERE name = {n:String}",
+                            n=schema.PACKED_BELOW_LEVEL):
+            for statement in schema.packed_statements(self.db):
+                await self._run(self.backend.query, statement, {})
         for derived in schema.DERIVED:
             if derived.table not in existing:  # a new table learns what the events already hold
                 await self._rows(derived.fill())

@@ -12,10 +12,17 @@
         event-to-insert lag of the events stamped from SINCE (to UNTIL): the event's own
         timestamp against the row's ingested_at, p50 and p99 in seconds. The bench stamps each
         event with the moment it was due to be sent, so a late send counts as lag too.
+    python -m runtime.tools.bench.queries inserts DATA_DIR ORDERS COUNT [packed|full]
+        the ingest's insert path alone: COUNT inserts of ORDERS orders' saga events each (four
+        events an order) through AnalyticsStore.insert_new_events, in a fresh DATA_DIR; prints
+        the CPU of the process (chDB's threads included) per insert (its dedupe query
+        included, also timed on its own), and the files the inserts left. `full`: every part
+        stored in full, as before packed parts, for a before/after in one build.
 """
 
 import asyncio
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -133,9 +140,60 @@ async def lag(data_dir: str, since: str, until: str | None = None) -> dict:
             "p99": float(row["p99"]) / 1e3}
 
 
+async def inserts(data_dir: str, orders: int, count: int, storage: str = "packed") -> dict:
+    from contracts.events import InventoryReserved, OrderCreated, OrderValidated, PaymentProcessed
+    from storage.analytics.rows import row
+
+    store = AnalyticsStore.for_settings(None, data_dir, 400)
+    await store.start()
+    if storage == "full":
+        for statement in schema.packed_statements(store.db):
+            await store._rows(statement.replace("= 2", "= 0"))
+    made = 0
+
+    def saga_events(n: int) -> list[dict]:
+        nonlocal made
+        rows, now = [], datetime.now(UTC)
+        for _ in range(n):
+            made += 1
+            order, line = f"bench-{made}", {"productId": "p1", "quantity": 1, "price": "2.50"}
+            for event in (OrderCreated(order_id=order, customer_id="c1", items=[line],
+                                       total_price="2.50"),
+                          OrderValidated(order_id=order, is_valid=True, validation_errors=[]),
+                          PaymentProcessed(order_id=order, payment_id="p", amount="2.50",
+                                           payment_status="SUCCESS"),
+                          InventoryReserved(order_id=order, items=[line])):
+                rows.append(row(event.model_dump_json().encode(), subject=event.subject,
+                                stream_seq=made, published_at=now))
+        return rows
+
+    await store.insert_new_events(saga_events(5))  # warm
+    files = _files(data_dir)
+    dedupe = whole = 0.0
+    for _ in range(count):
+        batch = saga_events(orders)
+        began = time.process_time()
+        await store.stored_ids(batch)
+        checked = time.process_time()
+        await store.insert_new_events(batch)  # its own dedupe query, then the insert
+        dedupe += checked - began
+        whole += time.process_time() - checked
+    files = _files(data_dir) - files
+    await store.close()
+    return {"storage": storage, "orders_per_insert": orders, "inserts": count,
+            "cpu_ms_per_insert": whole / count * 1e3, "of_which_dedupe_ms": dedupe / count * 1e3,
+            "files_left_per_insert": files / count}
+
+
+def _files(data_dir: str) -> int:
+    return sum(len(names) for _, _, names in os.walk(data_dir))
+
+
 if __name__ == "__main__":
     kind, data_dir, *rest = sys.argv[1:]
     if kind == "dashboard":
         print(json.dumps(asyncio.run(dashboard(data_dir, int(rest[0]), int(rest[1])))))
+    elif kind == "inserts":
+        print(json.dumps(asyncio.run(inserts(data_dir, int(rest[0]), int(rest[1]), *rest[2:]))))
     else:
         print(json.dumps(asyncio.run(lag(data_dir, *rest))))
