@@ -33,7 +33,7 @@ class Delivery(Generic[E]):
     event: E
     event_id: str  # the inbox key: the event's own eventId
     attempt: int = 1  # 1 on the first delivery, 2 on the first redelivery...
-    trace: str | None = None  # the traceparent of this event's span here, when traced
+    trace: str | None = None  # the traceparent what it causes goes on in (None: the batch's)
 
 
 @dataclass
@@ -72,7 +72,7 @@ class EventBatch(Generic[E]):
 
     def trace_of(self, emitted: Event) -> str | None:
         """The trace an emitted event goes on in: that of the delivered event about the same
-        order (one order, one trace), else the batch's own."""
+        order (one order, one trace), else the batch's span's."""
         if self._traces is None:
             self._traces = {order_id: d.trace for d in self.deliveries if d.trace and (
                 order_id := getattr(d.event, "order_id", None))}

@@ -8,8 +8,9 @@ messaging conventions: named `<subject> <operation>` ("atlantic.orders.create pr
 "atlantic.events.order.created process"), with `messaging.*` attributes. A trace crosses the
 outbox because the outbox row keeps the `traceparent` of the span that wrote it
 (storage.outbox), the relay sends it as a header, and a consumer's span for the event is that
-span's child. (No span is made for the relay's publish: it would be one more span an event for
-a hop whose wait already shows as the gap between the writer's span and the consumer's.)
+span's child, or, for a batch of several orders' events, links to it (batch_scope). (No span is
+made for the relay's publish: it would be one more span an event for a hop whose wait already
+shows as the gap between the writer's span and the consumer's.)
 
 What the log lines of a message say about it (its subject, its set, its consumer) is kept in a
 context variable here too, for runtime.telemetry's JSON log lines.
@@ -23,7 +24,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind, Tracer
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from storage.outbox import traceparent
@@ -60,50 +61,73 @@ def outgoing(headers: dict[str, str] | None = None) -> dict[str, str] | None:
     return {**(headers or {}), TRACEPARENT: parent}
 
 
-def messaging(subject: str, operation: str, **more: Any) -> dict[str, Any]:
-    """The messaging semantic-convention attributes of a span over a NATS message."""
-    attributes = {"messaging.system": "nats", "messaging.destination.name": subject,
-                  "messaging.operation.type": operation}
+def messaging(subject: str | None, operation: str, **more: Any) -> dict[str, Any]:
+    """The messaging semantic-convention attributes of a span over NATS messages (of a batch
+    of several subjects: no destination)."""
+    attributes = {"messaging.system": "nats", "messaging.operation.type": operation}
+    if subject is not None:
+        attributes["messaging.destination.name"] = subject
     attributes.update((f"messaging.{k}", v) for k, v in more.items() if v is not None)
     return attributes
 
 
 @contextmanager
-def batch_scope(tracer: Tracer, consumer: str, msgs: Sequence[Msg]
-                ) -> Iterator[list[Span | None]]:
-    """The spans of a batch of events, the batch's current while it is applied; yields each
-    event's span (None for an event of a larger batch that carries no trace).
+def batch_scope(tracer: Tracer, consumer: str, msgs: Sequence[Msg]) -> Iterator[list[str | None]]:
+    """One span for a batch of events, current while the batch is applied; yields, for each
+    event, the traceparent that what the batch emits about it goes on in (None: the batch's).
 
-    A batch of one is its event's span: a child of the span that wrote the event, so the
-    order's trace goes on through this consumer. A larger batch serves many orders, so it gets
-    a span of its own, in a trace of its own, and each traced event a span in its own trace,
-    linked to the batch's (which holds the transaction). Spans cost CPU (about 20 us each to
-    make and as much to export), so a quiet shop's batches of one make one span, not two."""
+    OpenTelemetry's messaging conventions for a batch: one span, with a link to the context each
+    message carries, not a span a message (spans cost about 20 us each to make and as much to
+    export, and a busy consumer's batches hold many events). Where the batch's span sits:
+    - a batch of one is that event's span, named after its subject, a child of the span that
+      wrote it;
+    - a larger batch whose events all carry one trace (one order's events, as in a quiet shop)
+      is a span in that trace, a child of the first event's writer;
+    - a larger batch of several traces starts a trace of its own.
+    What the batch emits about an order goes on in that order's trace: from the batch's span when
+    it is in that trace, else from the span that wrote the event it answers (so one order stays
+    one trace; the batch is reached from it through its link). The attributes and links are made
+    only for a span that records (a sampled one): an unsampled batch costs one span and its
+    context."""
+    parents = [(m.headers or {}).get(TRACEPARENT) for m in msgs]
+    first = parents[0]
     if len(msgs) == 1:
-        current = _event_span(tracer, msgs[0], consumer, extract(msgs[0].headers), None)
-        events: list[Span | None] = [current]
+        span = tracer.start_span(f"{msgs[0].subject} process", kind=SpanKind.CONSUMER,
+                                 context=extract(msgs[0].headers))
+        if span.is_recording():
+            span.set_attributes(messaging(
+                msgs[0].subject, "process", **{"consumer.group.name": consumer},
+                message_id=(msgs[0].headers or {}).get("Nats-Msg-Id")))
+        shared = True
     else:
-        current = tracer.start_span(
-            f"{consumer} process", kind=SpanKind.CONSUMER, context=Context(),
-            attributes={"messaging.system": "nats", "messaging.operation.type": "process",
-                        "messaging.consumer.group.name": consumer,
-                        "messaging.batch.message_count": len(msgs)})
-        link = [Link(current.get_span_context())]
-        events = [None if (parent := extract(m.headers)) is None
-                  else _event_span(tracer, m, consumer, parent, link) for m in msgs]
+        shared = first is not None and all(
+            p is not None and p[3:35] == first[3:35] for p in parents)
+        span = tracer.start_span(
+            f"{consumer} process", kind=SpanKind.CONSUMER,
+            context=_propagator.extract({TRACEPARENT: first}) if shared else Context())
+        if span.is_recording():
+            subjects = {m.subject for m in msgs}
+            span.set_attributes(messaging(
+                subjects.pop() if len(subjects) == 1 else None, "process",
+                **{"consumer.group.name": consumer, "batch.message_count": len(msgs)}))
+            for msg, parent in zip(msgs, parents, strict=True):
+                if parent is not None and (linked := span_context(parent)) is not None:
+                    span.add_link(linked, {"messaging.destination.name": msg.subject})
+    with trace.use_span(span, end_on_exit=True):
+        if shared:
+            yield [None] * len(msgs)
+        else:
+            yield parents
+
+
+def span_context(parent: str) -> SpanContext | None:
+    """The span context of a W3C traceparent (version 00), or None when it is not one."""
+    parts = parent.split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+        return None
     try:
-        with trace.use_span(current, end_on_exit=True):
-            yield events
-    finally:
-        for span in events:
-            if span is not None and span is not current:
-                span.end()
-
-
-def _event_span(tracer: Tracer, msg: Msg, consumer: str, parent: Context | None,
-                links: list[Link] | None) -> Span:
-    return tracer.start_span(
-        f"{msg.subject} process", context=parent, kind=SpanKind.CONSUMER, links=links,
-        attributes=messaging(msg.subject, "process",
-                             message_id=(msg.headers or {}).get("Nats-Msg-Id"),
-                             **{"consumer.group.name": consumer}))
+        context = SpanContext(int(parts[1], 16), int(parts[2], 16), is_remote=True,
+                              trace_flags=TraceFlags(int(parts[3], 16)))
+    except ValueError:
+        return None
+    return context if context.is_valid else None

@@ -22,9 +22,9 @@ What a batch guarantees (handlers.batches applies it):
   without ever being dead-lettered for it.
 
 Telemetry is made here too, since no event passes through FastStream's middlewares: events and
-batches are counted per consumer (Prometheus), and, when tracing is on, each event gets a span
-that continues the trace its `traceparent` header carries (a batch of several also gets one of
-its own, which its events' spans link to: handlers.telemetry.batch_scope); what the batch emits
+batches are counted per consumer (Prometheus), and, when tracing is on, each batch gets one span
+(OpenTelemetry's messaging conventions for a batch: a link to each event's `traceparent`; a batch
+of one is a child of its event's writer: handlers.telemetry.batch_scope); what the batch emits
 for an order goes on in that order's trace (handlers.batches, EventBatch.trace_of).
 """
 
@@ -43,7 +43,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
-from opentelemetry.trace import Span
 from prometheus_client import Counter, Histogram
 from pydantic import TypeAdapter, ValidationError
 
@@ -279,10 +278,10 @@ class BatchConsumer:
         if self._tracer is None:
             await self._handle(msgs, None)
             return
-        with telemetry.batch_scope(self._tracer, self.durable, msgs) as spans:
-            await self._handle(msgs, spans)
+        with telemetry.batch_scope(self._tracer, self.durable, msgs) as traces:
+            await self._handle(msgs, traces)
 
-    async def _handle(self, msgs: list[Msg], spans: list[Span | None] | None) -> None:
+    async def _handle(self, msgs: list[Msg], traces: list[str | None] | None) -> None:
         deliveries: list[tuple[Msg, Delivery[Any]]] = []
         for i, msg in enumerate(msgs):
             try:
@@ -295,9 +294,8 @@ class BatchConsumer:
             # another Nats-Msg-Id (a republish past the duplicate window) is still itself.
             event_id = getattr(event, "event_id", None) or (msg.headers or {}).get(
                 "Nats-Msg-Id") or f"seq-{meta.sequence.stream}"
-            span = spans[i] if spans else None
             deliveries.append((msg, Delivery(event, event_id, meta.num_delivered,
-                                             span and telemetry.traceparent(span))))
+                                             traces[i] if traces else None)))
         if not deliveries:
             return
         try:

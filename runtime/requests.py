@@ -107,9 +107,10 @@ class _Endpoint:
         if self.tracer is None:
             await self._answer(msg)
             return
-        span = self.tracer.start_span(
-            f"{self.subject} process", context=telemetry.extract(msg.headers),
-            kind=SpanKind.SERVER, attributes=telemetry.messaging(
+        span = self.tracer.start_span(f"{self.subject} process", kind=SpanKind.SERVER,
+                                      context=telemetry.extract(msg.headers))
+        if span.is_recording():  # an unsampled request pays no attributes
+            span.set_attributes(telemetry.messaging(
                 self.subject, "process", **{"consumer.group.name": self.queue,
                                             "message.body.size": len(msg.data)}))
         token = otel_context.attach(trace.set_span_in_context(span))

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client.parser import text_string_to_metric_families
 from support import ATLANTIC, cli_env, eventually, world_of_its_own
 
@@ -43,15 +44,26 @@ class Shop:
     sink: OtlpSink
     metrics_url: str
 
-    def spans(self, trace_id: str) -> list[ReceivedSpan]:
-        """Every span of the trace: this process's and the analytics process's."""
+    def all_spans(self) -> list[ReceivedSpan]:
+        """Every span: this process's and the analytics process's."""
         here = [ReceivedSpan(
             f"{s.context.trace_id:032x}", f"{s.context.span_id:016x}",
             f"{s.parent.span_id:016x}" if s.parent else "", s.name, "here",
-            dict(s.attributes or {}), tuple((f"{link.context.trace_id:032x}",
-                                             f"{link.context.span_id:016x}") for link in s.links))
+            dict(s.attributes or {}), tuple((
+                f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}",
+                str((link.attributes or {}).get("messaging.destination.name", "")))
+                for link in s.links))
             for s in self.exporter.get_finished_spans()]
-        return [s for s in here + list(self.sink.spans) if s.trace_id == trace_id]
+        return here + list(self.sink.spans)
+
+    def spans(self, trace_id: str) -> list[ReceivedSpan]:
+        """Every span of the trace."""
+        return [s for s in self.all_spans() if s.trace_id == trace_id]
+
+    def linked(self, trace_id: str) -> list[ReceivedSpan]:
+        """The spans of other traces that link into this one: batches of several orders."""
+        return [s for s in self.all_spans()
+                if s.trace_id != trace_id and any(t == trace_id for t, _, _ in s.links)]
 
     async def metrics(self) -> dict[tuple[str, frozenset], float]:
         """This process's /metrics, parsed by prometheus_client's own parser. Fetched off the
@@ -98,10 +110,19 @@ def expected_consumers() -> set[tuple[str, str]]:
             for subject in consumer.subjects if subject in SAGA_EVENTS}
 
 
-def consumed(spans: list[ReceivedSpan]) -> set[tuple[str, str]]:
-    return {(s.attributes["messaging.destination.name"],
-             s.attributes["messaging.consumer.group.name"])
-            for s in spans if s.name.endswith(" process") and s.name.startswith("atlantic.events.")}
+def consumed(spans: list[ReceivedSpan], trace_id: str) -> set[tuple[str, str]]:
+    """(subject, consumer) of each event of the trace that a consumer's span covers: the event's
+    own span (a batch of one), or a batch's span with a link to the event's writer in the trace
+    (OpenTelemetry's messaging conventions for a batch), the link naming the event's subject."""
+    found = set()
+    for s in spans:
+        if s.name.startswith("atlantic.events.") and s.name.endswith(" process"):
+            found.add((s.attributes["messaging.destination.name"],
+                       s.attributes["messaging.consumer.group.name"]))
+        elif "messaging.batch.message_count" in s.attributes:
+            found |= {(subject, s.attributes["messaging.consumer.group.name"])
+                      for t, _, subject in s.links if t == trace_id}
+    return found
 
 
 async def test_one_order_is_one_trace_across_the_sets_the_outbox_and_analytics(shop: Shop):
@@ -115,15 +136,15 @@ async def test_one_order_is_one_trace_across_the_sets_the_outbox_and_analytics(s
     await world.status_becomes(customer, order["orderId"], "RESERVED")
 
     async def all_consumed():
-        return wanted <= consumed(shop.spans(trace_id))
+        return wanted <= consumed(shop.spans(trace_id) + shop.linked(trace_id), trace_id)
 
     await eventually(all_consumed, seconds=20)
-    spans = shop.spans(trace_id)
+    spans, linked = shop.spans(trace_id), shop.linked(trace_id)
 
     names = {s.name for s in spans}
     assert {"atlantic.orders.create process", "atlantic.catalog.quote process"} <= names
-    assert wanted <= consumed(spans)
-    assert any(s.service == "atlantic-analytics" for s in spans)  # the analytics process's
+    assert wanted <= consumed(spans + linked, trace_id)
+    assert any(s.service == "atlantic-analytics" for s in spans + linked)  # its own process's
     by_id = {s.span_id: s for s in spans}
     for span in spans:  # no broken link: every parent is in the trace, or is the caller's
         assert span.parent_span_id == root or span.parent_span_id in by_id, span
@@ -131,12 +152,21 @@ async def test_one_order_is_one_trace_across_the_sets_the_outbox_and_analytics(s
         if span.name.startswith("atlantic.events."):
             parent = by_id[span.parent_span_id]
             assert parent.name.endswith(" process") and parent.name != span.name, span
+    for batch in spans + linked:  # a batch's links lead to the writers of its events here
+        into = [span_id for t, span_id, _ in batch.links if t == trace_id]
+        for span_id in into:
+            assert by_id[span_id].name.endswith(" process") and by_id[span_id] is not batch
+        if batch.trace_id == trace_id and into:  # a batch of this order's events alone
+            assert batch.parent_span_id == into[0], batch
     [create] = [s for s in spans if s.name == "atlantic.orders.create process"]
     [quote] = [s for s in spans if s.name == "atlantic.catalog.quote process"]
     assert create.parent_span_id == root and quote.parent_span_id == create.span_id
-    [created] = [s for s in spans if s.name == "atlantic.events.order.created process"
-                 and s.attributes["messaging.consumer.group.name"] == "catalog-stock"]
-    assert created.parent_span_id == create.span_id  # across the orders set's outbox
+    [created] = [s for s in spans + linked if s.attributes.get("messaging.consumer.group.name")
+                 == "catalog-stock" and ("atlantic.events.order.created", "catalog-stock")
+                 in consumed([s], trace_id)]
+    # across the orders set's outbox: the event's span, or its batch's link, leads to the create
+    assert (created.parent_span_id == create.span_id
+            or (trace_id, create.span_id, "atlantic.events.order.created") in created.links)
 
 
 async def test_metrics_count_orders_saga_steps_requests_and_dead_letters(shop: Shop):
@@ -312,49 +342,111 @@ def _msg(subject: str, headers: dict[str, str] | None) -> Msg:
     return Msg(_client=None, subject=subject, headers=headers)  # type: ignore[arg-type]
 
 
-@pytest.mark.fast
-def test_an_event_batch_of_one_is_one_span_in_its_events_trace():
+def _recorded() -> tuple[InMemorySpanExporter, TracerProvider]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter, provider
+
+
+@pytest.mark.fast
+def test_an_event_batch_of_one_is_one_span_in_its_events_trace():
+    exporter, provider = _recorded()
     trace_id, parent = new_trace()
 
     with telemetry.batch_scope(provider.get_tracer("test"), "orders-lifecycle", [
-            _msg("atlantic.events.order.validated", traceparent(trace_id, parent))]) as spans:
+            _msg("atlantic.events.order.validated", traceparent(trace_id, parent))]) as traces:
         inside = outbox.traceparent()
 
     [span] = exporter.get_finished_spans()
-    assert [s.get_span_context() for s in spans] == [span.context]
+    assert traces == [None]  # what it emits goes on from the batch's span
     assert span.name == "atlantic.events.order.validated process"
     assert f"{span.context.trace_id:032x}" == trace_id
     assert f"{span.parent.span_id:016x}" == parent
     assert span.attributes["messaging.consumer.group.name"] == "orders-lifecycle"
+    assert span.attributes["messaging.destination.name"] == "atlantic.events.order.validated"
     assert inside == outbox.traceparent(span)  # what the batch emits goes on in the trace
 
 
 @pytest.mark.fast
-def test_a_larger_batch_has_its_own_span_and_each_traced_event_one_linked_to_it():
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+def test_a_batch_of_several_orders_is_one_span_of_its_own_linked_to_each_traced_event():
+    exporter, provider = _recorded()
     (first, a), (second, b) = new_trace(), new_trace()
+    headers = [traceparent(first, a), {"Nats-Msg-Id": "untraced"}, traceparent(second, b)]
 
     with telemetry.batch_scope(provider.get_tracer("test"), "catalog-stock", [
-            _msg("atlantic.events.order.created", traceparent(first, a)),
-            _msg("atlantic.events.order.created", {"Nats-Msg-Id": "untraced"}),
-            _msg("atlantic.events.order.payment_processed", traceparent(second, b)),
-    ]) as spans:
+            _msg("atlantic.events.order.created", headers[0]),
+            _msg("atlantic.events.order.created", headers[1]),
+            _msg("atlantic.events.order.payment_processed", headers[2]),
+    ]) as traces:
         inside = outbox.traceparent()
 
-    finished = {s.name: s for s in exporter.get_finished_spans()}
-    batch = finished["catalog-stock process"]
-    assert spans[1] is None and len(exporter.get_finished_spans()) == 3
+    [batch] = exporter.get_finished_spans()  # one span, not one an event
+    assert batch.name == "catalog-stock process" and batch.parent is None
+    assert f"{batch.context.trace_id:032x}" not in (first, second)
+    assert batch.attributes["messaging.batch.message_count"] == 3
+    assert batch.attributes["messaging.consumer.group.name"] == "catalog-stock"
+    assert "messaging.destination.name" not in batch.attributes  # two subjects
+    assert [(f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}",
+             link.attributes["messaging.destination.name"]) for link in batch.links] == [
+        (first, a, "atlantic.events.order.created"),
+        (second, b, "atlantic.events.order.payment_processed")]
     assert inside == outbox.traceparent(batch)
-    assert batch.parent is None and batch.attributes["messaging.batch.message_count"] == 3
-    for span, trace_id, parent in ((spans[0], first, a), (spans[2], second, b)):
-        assert f"{span.context.trace_id:032x}" == trace_id
-        assert f"{span.parent.span_id:016x}" == parent
-        assert [link.context.span_id for link in span.links] == [batch.context.span_id]
+    # what it emits about each order goes on in that order's trace, from the event's writer
+    assert traces == [headers[0]["traceparent"], None, headers[2]["traceparent"]]
+
+
+@pytest.mark.fast
+def test_a_batch_of_one_orders_events_is_one_span_in_its_trace():
+    exporter, provider = _recorded()
+    trace_id, a = new_trace()
+    _, b = new_trace()
+
+    with telemetry.batch_scope(provider.get_tracer("test"), "orders-lifecycle", [
+            _msg("atlantic.events.order.created", traceparent(trace_id, a)),
+            _msg("atlantic.events.order.validated", traceparent(trace_id, b)),
+    ]) as traces:
+        inside = outbox.traceparent()
+
+    [batch] = exporter.get_finished_spans()
+    assert f"{batch.context.trace_id:032x}" == trace_id
+    assert f"{batch.parent.span_id:016x}" == a  # the first event's writer
+    assert [f"{link.context.span_id:016x}" for link in batch.links] == [a, b]
+    assert traces == [None, None] and inside == outbox.traceparent(batch)
+
+
+@pytest.mark.fast
+def test_an_unsampled_batch_records_nothing_and_its_orders_keep_their_traces():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    (first, a), (second, b) = new_trace(), new_trace()
+    one, two = traceparent(first, a), traceparent(second, b)
+
+    with telemetry.batch_scope(provider.get_tracer("test"), "payments-orders", [
+            _msg("atlantic.events.order.validated", one),
+            _msg("atlantic.events.order.validated", two)]) as traces:
+        pass
+    with telemetry.batch_scope(provider.get_tracer("test"), "payments-orders", [
+            _msg("atlantic.events.order.validated", one)]):
+        alone = outbox.traceparent()
+
+    assert exporter.get_finished_spans() == ()
+    assert traces == [one["traceparent"], two["traceparent"]]
+    assert alone is not None and alone.split("-")[1] == first  # still the order's trace
+
+
+@pytest.mark.fast
+def test_a_traceparent_is_read_as_a_span_context_or_refused():
+    trace_id, span_id = new_trace()
+
+    context = telemetry.span_context(f"00-{trace_id}-{span_id}-01")
+
+    assert context is not None and context.is_remote and context.trace_flags.sampled
+    assert (f"{context.trace_id:032x}", f"{context.span_id:016x}") == (trace_id, span_id)
+    for bad in ("", "00-zz-yy-01", f"00-{'0' * 32}-{span_id}-01", f"00-{trace_id}-{span_id}",
+                f"00-{trace_id}-{span_id}-0x"):
+        assert telemetry.span_context(bad) is None, bad
 
 
 @pytest.mark.fast

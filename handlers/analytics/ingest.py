@@ -25,8 +25,8 @@ insert before a crash can be partial). A view's rows without the events: the red
 writes them again, which the derived tables absorb (storage.analytics.schema).
 
 Each stored batch is counted (its size, and how long its oldest event waited since publication)
-and, when tracing is on, stored with a span per event in that event's trace (and one for the
-batch, which they link to): an order's trace ends with its events counted here.
+and, when tracing is on, stored inside one span for the batch with a link to each event's
+writer (handlers.telemetry.batch_scope): an order's trace ends with its events counted here.
 """
 
 import asyncio

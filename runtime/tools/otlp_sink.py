@@ -23,7 +23,7 @@ class ReceivedSpan:
     name: str
     service: str
     attributes: dict[str, object]
-    links: tuple[tuple[str, str], ...]  # (trace id, span id)
+    links: tuple[tuple[str, str, str], ...]  # (trace id, span id, subject of the linked message)
 
 
 class OtlpSink:
@@ -85,7 +85,9 @@ class OtlpSink:
                         span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(),
                         span.name, service,
                         {a.key: _value(a.value) for a in span.attributes},
-                        tuple((link.trace_id.hex(), link.span_id.hex())
+                        tuple((link.trace_id.hex(), link.span_id.hex(), str(next(
+                            (_value(a.value) for a in link.attributes
+                             if a.key == "messaging.destination.name"), "")))
                               for link in span.links)))
         with self._lock:
             self.received += len(spans)
