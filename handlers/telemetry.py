@@ -30,6 +30,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from storage.outbox import traceparent
 
 TRACEPARENT = "traceparent"
+# The SDK keeps 128 links a span (OTEL_SPAN_LINK_COUNT_LIMIT) and drops the rest after making
+# them: an analytics batch of hundreds of events links its first 128 and makes no more.
+MAX_LINKS = 128
 _propagator = TraceContextTextMapPropagator()
 _tracer: Tracer | None = None
 
@@ -77,8 +80,8 @@ def batch_scope(tracer: Tracer, consumer: str, msgs: Sequence[Msg]) -> Iterator[
     event, the traceparent that what the batch emits about it goes on in (None: the batch's).
 
     OpenTelemetry's messaging conventions for a batch: one span, with a link to the context each
-    message carries, not a span a message (spans cost about 20 us each to make and as much to
-    export, and a busy consumer's batches hold many events). Where the batch's span sits:
+    message carries (up to MAX_LINKS), not a span a message (spans cost about 20 us each to make
+    and as much to export, and a busy consumer's batches hold many events). Where it sits:
     - a batch of one is that event's span, named after its subject, a child of the span that
       wrote it;
     - a larger batch whose events all carry one trace (one order's events, as in a quiet shop)
@@ -110,9 +113,12 @@ def batch_scope(tracer: Tracer, consumer: str, msgs: Sequence[Msg]) -> Iterator[
             span.set_attributes(messaging(
                 subjects.pop() if len(subjects) == 1 else None, "process",
                 **{"consumer.group.name": consumer, "batch.message_count": len(msgs)}))
+            links = 0
             for msg, parent in zip(msgs, parents, strict=True):
                 if parent is not None and (linked := span_context(parent)) is not None:
                     span.add_link(linked, {"messaging.destination.name": msg.subject})
+                    if (links := links + 1) == MAX_LINKS:
+                        break
     with trace.use_span(span, end_on_exit=True):
         if shared:
             yield [None] * len(msgs)
@@ -123,7 +129,7 @@ def batch_scope(tracer: Tracer, consumer: str, msgs: Sequence[Msg]) -> Iterator[
 def span_context(parent: str) -> SpanContext | None:
     """The span context of a W3C traceparent (version 00), or None when it is not one."""
     parts = parent.split("-")
-    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+    if len(parts) != 4 or parts[0] == "ff" or [len(p) for p in parts[1:]] != [32, 16, 2]:
         return None
     try:
         context = SpanContext(int(parts[1], 16), int(parts[2], 16), is_remote=True,
