@@ -92,6 +92,9 @@ def batch_scope(tracer: Tracer, consumer: str, msgs: Sequence[Msg]) -> Iterator[
     one trace; the batch is reached from it through its link). The attributes and links are made
     only for a span that records (a sampled one): an unsampled batch costs one span and its
     context."""
+    if not msgs:  # nothing taken (a consumer stopping): nothing to trace
+        yield []
+        return
     parents = [(m.headers or {}).get(TRACEPARENT) for m in msgs]
     first = parents[0]
     if len(msgs) == 1:

@@ -437,6 +437,16 @@ def test_an_unsampled_batch_records_nothing_and_its_orders_keep_their_traces():
 
 
 @pytest.mark.fast
+def test_an_empty_batch_makes_no_span():
+    exporter, provider = _recorded()
+
+    with telemetry.batch_scope(provider.get_tracer("test"), "payments-orders", []) as traces:
+        pass
+
+    assert traces == [] and exporter.get_finished_spans() == ()
+
+
+@pytest.mark.fast
 def test_a_traceparent_is_read_as_a_span_context_or_refused():
     trace_id, span_id = new_trace()
 
