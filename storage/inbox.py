@@ -29,7 +29,7 @@ async def first_time(db: asyncpg.Connection, schema: str, consumer: str, event_i
 async def record_batch(db: asyncpg.Connection, schema: str, consumer: str,
                        event_ids: Sequence[str], emitted: Sequence[Event],
                        write: Write | None = None,
-                       trace_of: Callable[[Event], str | None] | None = None,
+                       trace_of: Callable[[Event], str | None] = outbox.current_trace,
                        ) -> tuple[set[str], list[OutboxRow], Any]:
     """Marks a batch's events as handled and queues what it emitted, with the batch's own
     `write` when it has one, in one statement (the caller publishes the rows once committed).
@@ -38,7 +38,7 @@ async def record_batch(db: asyncpg.Connection, schema: str, consumer: str,
     were marked already, the caller must roll back and apply the batch again without them.
     Sorted, so two transactions waiting on each other's marks never form a cycle. `trace_of`
     names the trace each emitted event goes on in (storage.outbox.rows)."""
-    rows = outbox.rows(emitted, trace_of) if trace_of else outbox.rows(emitted)
+    rows = outbox.rows(emitted, trace_of)
     n = len(write.args) if write else 0  # the write's parameters come first
     written = await db.fetchrow(
         f"WITH {write.ctes + ', ' if write else ''}"

@@ -35,7 +35,8 @@ def traceparent(span: trace.Span | None = None) -> str | None:
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
-def _current(_event: Event) -> str | None:
+def current_trace(_event: Event) -> str | None:
+    """Every event in the trace of the code that writes it (outbox.rows' default)."""
     return traceparent()
 
 
@@ -46,7 +47,7 @@ def table(schema: str) -> str:
 
 
 def rows(events: Sequence[Event],
-         trace_of: Callable[[Event], str | None] = _current) -> list[OutboxRow]:
+         trace_of: Callable[[Event], str | None] = current_trace) -> list[OutboxRow]:
     """The events as rows, each in the trace `trace_of` names (by default the current one)."""
     return [OutboxRow(e.event_id, e.subject, e.model_dump_json().encode(), trace_of(e))
             for e in events]
