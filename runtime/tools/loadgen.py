@@ -134,7 +134,7 @@ class LoadGen:
     async def call_safely(self, kind: str, client: AtlanticClient, subject: str, payload: object,
                           headers: dict[str, str] | None = None) -> Reply | None:
         """A request that is safe to repeat (a read, a track with its client event ids, an order
-        with its Idempotency-Key), repeated on no answer or a 5xx (a server restarting, a stream
+        with its Idempotency-Key, a status change the order's state machine does once), repeated on no answer or a 5xx (a server restarting, a stream
         leader being elected) until a final reply, as a careful client does. Timed and counted
         as one request: an error is what the client is finally left with (a 4xx, or nothing
         within a minute)."""
@@ -297,18 +297,23 @@ class LoadGen:
         """Ships and delivers the orders meant to reach the customer; returns some of them."""
         gate = asyncio.Semaphore(16)
 
+        # Each step is repeated on no answer or a 5xx (a server going away), as a careful
+        # operator does: a step whose reply was lost would otherwise leave the order where it is
+        # for good. Repeating one that did commit is refused with a 409 by the order's state
+        # machine, and the audit reads the status the orders set holds.
         async def fulfil(order: Order) -> None:
             async with gate:
-                shipped = await self.call("orders.ship", self.admin, "atlantic.orders.ship", {
+                shipped = await self.call_safely("orders.ship", self.admin,
+                                                 "atlantic.orders.ship", {
                     "orderId": order.order_id, "carrier": self.rnd.choice(CARRIERS)})
-                if shipped is None or not shipped.ok:
+                if shipped is None or not (shipped.ok or shipped.status == 409):
                     order.shipped = False  # try again on the next round
                     return
-                await self.call("orders.deliver", self.admin, "atlantic.orders.deliver",
-                                {"orderId": order.order_id})
+                await self.call_safely("orders.deliver", self.admin, "atlantic.orders.deliver",
+                                       {"orderId": order.order_id})
             if order.expected == "RETURNED":
-                await self.call("orders.return", order.client, "atlantic.orders.return",
-                                {"orderId": order.order_id, "reason": "does not fit"})
+                await self.call_safely("orders.return", order.client, "atlantic.orders.return",
+                                       {"orderId": order.order_id, "reason": "does not fit"})
 
         while True:
             for order_id in await self.reserved_orders():
