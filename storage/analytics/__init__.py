@@ -321,17 +321,30 @@ class AnalyticsStore:
 
     @coalesced
     async def shopper_funnel(self, start: datetime, end: datetime) -> dict[str, int]:
-        """People (signed in or anonymous) active in the window, by how far they went."""
+        """People (signed in or anonymous) active in the window, by how far they went: from
+        each shopper's latest moment at every step when no shopper was active at or after
+        `end` (a window ending now), else from the window's events."""
         row = await self._one(
             "SELECT countIf(v) AS viewed, countIf(v AND a) AS added_to_cart,"
-            " countIf(v AND a AND c) AS checkout, countIf(v AND a AND c AND o) AS purchased"
-            " FROM ("
-            "  SELECT if(user_id != '', user_id, anonymous_id) AS actor,"
-            "   max(event = 'ProductViewed') AS v, max(event = 'AddedToCart') AS a,"
-            "   max(event = 'CheckoutStarted') AS c, max(event = 'OrderCreated') AS o"
-            f"  FROM {{db}}.events WHERE {WINDOW} AND event IN"
-            "   ('ProductViewed', 'AddedToCart', 'CheckoutStarted', 'OrderCreated')"
-            "  GROUP BY actor HAVING actor != '')", start=start, end=end)
+            " countIf(v AND a AND c) AS checkout, countIf(v AND a AND c AND o) AS purchased,"
+            " countIf(late) AS late FROM ("
+            f"  SELECT viewed >= {{since:{T}}} AS v, added >= {{since:{T}}} AS a,"
+            f"   checkout >= {{since:{T}}} AS c, ordered >= {{since:{T}}} AS o,"
+            f"   greatest(viewed, added, checkout, ordered) >= {{end:{T}}} AS late"
+            "  FROM {db}.shoppers FINAL)",
+            # the epoch stands for a step never taken
+            since=max(start, datetime.fromtimestamp(0.001, UTC)), end=end)
+        if int(row.pop("late")):
+            row = await self._one(
+                "SELECT countIf(v) AS viewed, countIf(v AND a) AS added_to_cart,"
+                " countIf(v AND a AND c) AS checkout, countIf(v AND a AND c AND o) AS purchased"
+                " FROM ("
+                "  SELECT if(user_id != '', user_id, anonymous_id) AS actor,"
+                "   max(event = 'ProductViewed') AS v, max(event = 'AddedToCart') AS a,"
+                "   max(event = 'CheckoutStarted') AS c, max(event = 'OrderCreated') AS o"
+                f"  FROM {{db}}.events WHERE {WINDOW} AND event IN"
+                "   ('ProductViewed', 'AddedToCart', 'CheckoutStarted', 'OrderCreated')"
+                "  GROUP BY actor HAVING actor != '')", start=start, end=end)
         return {k: int(v) for k, v in row.items()}
 
     # Per product: the level as of `end` (the daily argMax states of the days before it, merged

@@ -183,8 +183,34 @@ SELECT toStartOfHour(timestamp) AS hour, {APPROX.replace("(", "State(")}(user_id
 FROM {{events}} WHERE user_id != '' GROUP BY hour
 """, ttl="hour")
 
+# Each shopper's (signed in or anonymous) latest moment at every step of the shopper funnel: a
+# row per shopper once merged (the funnel reads it with FINAL), the epoch for a step never taken.
+# A window that ends after a shopper's every latest moment took the step iff the latest is in
+# it, so a window ending now reads one row per shopper, not the window's events (a month of them
+# grouped by shopper took ~380 ms of CPU at 10M events); a window some shopper was active after
+# is counted from the events, as before. max is idempotent, so the table can be derived again.
+SHOPPERS = Derived("shoppers", """
+CREATE TABLE IF NOT EXISTS {db}.shoppers (
+    shopper String,
+    viewed SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
+    added SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
+    checkout SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
+    ordered SimpleAggregateFunction(max, DateTime64(3, 'UTC'))
+) ENGINE = AggregatingMergeTree
+ORDER BY shopper
+""", """
+SELECT if(user_id != '', user_id, anonymous_id) AS shopper,
+       maxIf(timestamp, event = 'ProductViewed') AS viewed,
+       maxIf(timestamp, event = 'AddedToCart') AS added,
+       maxIf(timestamp, event = 'CheckoutStarted') AS checkout,
+       maxIf(timestamp, event = 'OrderCreated') AS ordered
+FROM {events} WHERE event IN ('ProductViewed', 'AddedToCart', 'CheckoutStarted', 'OrderCreated')
+    AND (user_id != '' OR anonymous_id != '')
+GROUP BY shopper
+""", ttl="toDateTime(greatest(viewed, added, checkout, ordered))")
+
 DERIVED = (ORDER_LINES, STOCK_LEVELS, FIRST_ORDERS, ORDER_PROGRESS, ACTIVE_USERS,
-           USER_ACTIVITY)
+           USER_ACTIVITY, SHOPPERS)
 
 # Sales per minute were summed (not idempotent, so not repairable); the timeseries now reads
 # the events, which is fast enough (~12 ms for 30 days of 10M events).
