@@ -150,12 +150,13 @@ async def test_funnels_equal_the_recomputation(queries, history):
 
 
 @pytest.mark.parametrize("late_start", [timedelta(0), timedelta(hours=13, milliseconds=250)])
-async def test_shopper_funnel_of_a_window_ending_after_everyone_equals_the_recomputation(
+async def test_a_window_ending_after_every_event_equals_the_recomputation(
         queries, history, monkeypatch, late_start):
-    """A window that ends after every shopper's last step (as one ending now does) is counted
-    from each shopper's latest moments, not from the window's events: on the store holding the
-    history alone, no query reads them. (The running system's store holds other tests' shoppers
-    too, active later; it may count from the events, with the same answer.)"""
+    """A window that ends after every shopper's last step and every product's last stock report
+    (as one ending now does) is counted from each shopper's latest moments and each product's
+    latest levels: on the store holding the history alone, no query reads the shoppers' events
+    or the daily stock levels. (The running system's store holds other tests' events too, some
+    later; it may count from the events, with the same answer.)"""
     last = max(e.timestamp for e in history.events)
     window = ref.History(history.start + late_start, last + timedelta(milliseconds=1),
                          history.events)
@@ -170,14 +171,18 @@ async def test_shopper_funnel_of_a_window_ending_after_everyone_equals_the_recom
 
         monkeypatch.setattr(queries.store.backend, "query", recording)
 
-    body = await ask(queries, contract.FUNNEL, window.wire())
+    funnel = await ask(queries, contract.FUNNEL, window.wire())
+    inventory = await ask(queries, contract.INVENTORY,
+                          window.wire() | {"lowStockThreshold": 40, "limit": 100})
 
-    expected = ref.funnel(window)
-    assert body == expected
-    assert expected["shoppers"][-1]["count"] > 0
+    assert funnel == ref.funnel(window)
+    assert funnel["shoppers"][-1]["count"] > 0
+    assert inventory == ref.inventory(window, 40, 100)
     if isinstance(queries, ServerQueries):
         assert any(".shoppers" in sql for sql in asked)
         assert not [sql for sql in asked if "'ProductViewed'" in sql and ".events" in sql]
+        assert any(".stock_latest" in sql and "argMaxIfMerge" in sql for sql in asked)
+        assert not [sql for sql in asked if ".stock_levels" in sql]
 
 
 async def test_inventory_equals_the_recomputation(queries, history):

@@ -347,51 +347,79 @@ class AnalyticsStore:
                 "  GROUP BY actor HAVING actor != '')", start=start, end=end)
         return {k: int(v) for k, v in row.items()}
 
-    # Per product: the level as of `end` (the daily argMax states of the days before it, merged
-    # with the raw level events of its own day) and the movement within the window. Each part
-    # is grouped by product on its own, so the final merge sees a few rows per product.
+    # Per product: the level as of `end` and the movement within the window. The level is the
+    # latest ever when no product has reported one since `end` (a window ending now), else the
+    # merge of stock_levels' days before the day of `end` with the raw level events of that day.
+    # The movement of whole UTC days comes from the events' daily_moves maps, the rest of the
+    # window (all of a window shorter than a day) from the events. Each part is grouped by
+    # product on its own, so the final merge sees a few rows per product.
     _NO_LEVEL = ("argMaxIfState(CAST(NULL AS Nullable(Int64)),"
                  " (toDateTime64(0, 3, 'UTC'), ''), toUInt8(0))")
-    _STOCK = (
-        "SELECT product_id, argMaxIfMerge(on_hand) AS on_hand,"
-        " argMaxIfMerge(available) AS available, sum(units_in) AS units_in,"
-        " sum(units_out) AS units_out, sum(units_reserved) AS units_reserved FROM ("
-        "  SELECT product_id, on_hand, available, toInt64(0) AS units_in,"
-        "   toInt64(0) AS units_out, toInt64(0) AS units_reserved FROM {db}.stock_levels"
-        f"  WHERE day < toDate({{end:{T}}})"
-        "  UNION ALL"  # the levels reported on the day of `end`, up to `end`
-        "  SELECT product_id,"
-        "   argMaxIfState(on_hand, (timestamp, event_id), on_hand IS NOT NULL),"
-        "   argMaxIfState(available, (timestamp, event_id), available IS NOT NULL), 0, 0, 0"
-        "  FROM {db}.events"
-        "  WHERE event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')"
-        f"   AND timestamp >= toStartOfDay({{end:{T}}}) AND timestamp < {{end:{T}}}"
+    _LATEST_LEVELS = "SELECT product_id, on_hand, available FROM {db}.stock_latest"
+    _LEVELS_AT_END = (
+        f"SELECT product_id, on_hand, available FROM {{db}}.stock_levels"
+        f" WHERE day < toDate({{end:{T}}})"
+        " UNION ALL"  # the levels reported on the day of `end`, up to `end`
+        " SELECT product_id,"
+        "  argMaxIfState(on_hand, (timestamp, event_id), on_hand IS NOT NULL),"
+        "  argMaxIfState(available, (timestamp, event_id), available IS NOT NULL)"
+        " FROM {db}.events"
+        " WHERE event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')"
+        f"  AND timestamp >= toStartOfDay({{end:{T}}}) AND timestamp < {{end:{T}}}"
+        " GROUP BY product_id")
+    _DAYS = f"toStartOfDay(timestamp) >= {{d0:{T}}} AND toStartOfDay(timestamp) < {{d1:{T}}}"
+    _NOT_DAYS = f"{WINDOW} AND NOT (timestamp >= {{d0:{T}}} AND timestamp < {{d1:{T}}})"
+    _DAY_MOVES = (
+        f"  SELECT product_id, {_NO_LEVEL}, {_NO_LEVEL},"
+        "   sumIf(units, event = 'InventoryAdjusted'), sumIf(out, event = 'InventoryAdjusted'),"
+        "   sumIf(units, event = 'InventoryReserved') FROM ("
+        f"   SELECT event, {schema.MOVES} AS m FROM {{db}}.events"
+        f"   WHERE event IN ('InventoryAdjusted', 'InventoryReserved') AND {_DAYS}"
+        "   GROUP BY event) ARRAY JOIN m.1 AS product_id, m.2 AS units, m.3 AS out"
         "  GROUP BY product_id"
-        "  UNION ALL"  # counts taken and removed within the window
+        "  UNION ALL")
+    _EVENT_MOVES = (  # counts taken and removed, then units reserved for orders
         f"  SELECT product_id, {_NO_LEVEL}, {_NO_LEVEL},"
         "   sum(if(quantity > 0, quantity, 0)), sum(if(quantity < 0, -quantity, 0)), 0"
-        f"  FROM {{db}}.events WHERE event = 'InventoryAdjusted' AND {WINDOW}"
+        f"  FROM {{db}}.events WHERE event = 'InventoryAdjusted' AND {_NOT_DAYS}"
         "  GROUP BY product_id"
-        "  UNION ALL"  # units reserved for orders within the window
+        "  UNION ALL"
         f"  SELECT item.product_id, {_NO_LEVEL}, {_NO_LEVEL}, 0, 0, sum(item.quantity)"
         "  FROM {db}.events ARRAY JOIN items AS item"
-        f"  WHERE event = 'InventoryReserved' AND {WINDOW}"
-        "  GROUP BY item.product_id"
-        " ) GROUP BY product_id")
+        f"  WHERE event = 'InventoryReserved' AND {_NOT_DAYS}"
+        "  GROUP BY item.product_id")
+
+    async def _stock(self, start: datetime, end: datetime, tail: str,
+                     **params: Any) -> list[dict[str, Any]]:
+        late = await self._one(f"SELECT max(reported) >= {{end:{T}}} AS late"
+                               " FROM {db}.stock_latest", end=end)
+        d0 = datetime.fromtimestamp(math.ceil(start.timestamp() / 86_400) * 86_400, UTC)
+        d1 = datetime.fromtimestamp(math.floor(end.timestamp() / 86_400) * 86_400, UTC)
+        sql = (
+            "SELECT product_id, argMaxIfMerge(on_hand) AS on_hand,"
+            " argMaxIfMerge(available) AS available, sum(units_in) AS units_in,"
+            " sum(units_out) AS units_out, sum(units_reserved) AS units_reserved FROM ("
+            "  SELECT product_id, on_hand, available, toInt64(0) AS units_in,"
+            "   toInt64(0) AS units_out, toInt64(0) AS units_reserved FROM ("
+            + (self._LEVELS_AT_END if int(late["late"]) else self._LATEST_LEVELS) + ")"
+            "  UNION ALL"
+            + (self._DAY_MOVES if d0 < d1 else "") + self._EVENT_MOVES
+            + " ) GROUP BY product_id " + tail)
+        return await self._rows(sql, start=start, end=end, d0=d0, d1=max(d0, d1), **params)
 
     @coalesced
     async def stock(self, start: datetime, end: datetime, limit: int) -> list[dict[str, Any]]:
         """Per product: the latest level reported before `end`, and movement in the window."""
-        return await self._rows(self._STOCK + " ORDER BY product_id LIMIT {limit:UInt32}",
-                                start=start, end=end, limit=limit)
+        return await self._stock(start, end, "ORDER BY product_id LIMIT {limit:UInt32}",
+                                 limit=limit)
 
     @coalesced
     async def low_stock(self, start: datetime, end: datetime, threshold: int,
                         limit: int) -> list[dict[str, Any]]:
-        return await self._rows(
-            self._STOCK + " HAVING available <= {threshold:Int64}"
+        return await self._stock(
+            start, end, "HAVING available <= {threshold:Int64}"
             " ORDER BY available, product_id LIMIT {limit:UInt32}",
-            start=start, end=end, threshold=threshold, limit=limit)
+            threshold=threshold, limit=limit)
 
     @coalesced
     async def low_stock_alerts(self, start: datetime, end: datetime) -> int:
