@@ -428,30 +428,34 @@ class AnalyticsStore:
             start=start, end=end)
         return int(row["n"])
 
-    # The signed-in people active in the window, with whether they ordered there: whole days
-    # from active_users, the partial first and last days from the events.
+    # The signed-in people active in the window, with whether they ordered and registered there:
+    # whole days from active_users, the partial first and last days from the events.
     _WHOLE_DAYS = (f"day >= toDate({{start:{T}}}) + (toStartOfDay({{start:{T}}}) != {{start:{T}}})"
                    f" AND day < toDate({{end:{T}}})")
     _WINDOW_USERS = (
-        "SELECT user_id, ordered FROM {db}.active_users"
+        "SELECT user_id, ordered, registered FROM {db}.active_users"
         f" WHERE {_WHOLE_DAYS}"
         " UNION ALL"
-        " SELECT user_id, event = 'OrderCreated' FROM ("
+        " SELECT user_id, event = 'OrderCreated', event = 'UserRegistered' FROM ("
         f"  SELECT user_id, event, toDate(timestamp) AS day FROM {{db}}.events"
         f"  WHERE {WINDOW} AND user_id != '') WHERE NOT ({_WHOLE_DAYS})")
 
     async def _people(self, start: datetime, end: datetime) -> dict[str, Any]:
-        """Signed-in people active in the window and those of them who ordered: exact up to
-        EXACT_UP_TO, else user_activity's sketches of its whole hours merged with those of its
-        partial hours' events."""
+        """Signed-in people active in the window, those of them who ordered, and those who
+        registered: exact up to EXACT_UP_TO (from the same rows), else the first two from
+        user_activity's sketches of its whole hours merged with those of its partial hours'
+        events, and the registrations counted from their own events."""
         if end - start <= EXACT_UP_TO:
             return await self._one(
                 "SELECT uniqExact(user_id) AS active_users,"
-                f" uniqExactIf(user_id, ordered) AS customers FROM ({self._WINDOW_USERS})",
-                start=start, end=end)
+                " uniqExactIf(user_id, ordered) AS customers,"
+                " uniqExactIf(user_id, registered) AS new_registrations"
+                f" FROM ({self._WINDOW_USERS})", start=start, end=end)
         return await self._one(
             f"SELECT {combined(APPROX, 'Merge')}(u) AS active_users,"
-            f" {combined(APPROX, 'IfMerge')}(c) AS customers FROM ("
+            f" {combined(APPROX, 'IfMerge')}(c) AS customers,"
+            " (SELECT uniqExact(user_id) FROM {db}.events"
+            f"  WHERE event = 'UserRegistered' AND {WINDOW}) AS new_registrations FROM ("
             " SELECT users AS u, customers AS c FROM {db}.user_activity"
             f"  WHERE {HOUR_ROWS}"
             " UNION ALL"
@@ -465,12 +469,10 @@ class AnalyticsStore:
         registrations, and customers whose first order ever is in the window."""
         people = await self._people(start, end)
         firsts = await self._one(
-            "SELECT (SELECT uniqExact(user_id) FROM {db}.events"
-            f"  WHERE event = 'UserRegistered' AND {WINDOW}) AS new_registrations,"
-            # A customer is new when their first order ever is in the window.
-            " (SELECT count() FROM (SELECT min(first) AS first FROM {db}.first_orders"
-            f"  GROUP BY customer_id) WHERE first >= {{start:{T}}} AND first < {{end:{T}}})"
-            " AS new_customers", start=start, end=end)
+            # A customer is new when their first order ever is in the window (FINAL: the
+            # filter sees each customer's merged first order).
+            "SELECT count() AS new_customers FROM {db}.first_orders FINAL"
+            f" WHERE first >= {{start:{T}}} AND first < {{end:{T}}}", start=start, end=end)
         figures = {k: int(v) for k, v in (people | firsts).items()}
         # An estimate of the customers may fall below the exact count of new ones.
         figures["returning_customers"] = max(figures["customers"] - figures["new_customers"], 0)
