@@ -318,6 +318,52 @@ async def test_distinct_people_over_long_windows_are_estimates_that_say_so(syste
         assert abs(point["value"] - people // 5) <= people // 5 * 0.05
 
 
+async def test_hourly_estimates_are_kept_until_their_hour_is_ingested_into(system, admin,
+                                                                           monkeypatch):
+    """Over a long window, each whole hour's estimate of people is computed once and kept; an
+    event ingested later into that hour has it computed again."""
+    store = system.context.get("analytics")
+    monkeypatch.setattr(store, "reuse_seconds", 0)  # every answer below asked afresh
+    hour = (datetime.now(UTC) - timedelta(days=250)).replace(minute=0, second=0, microsecond=0)
+    sketches_read = []
+    engine = store.backend.query
+
+    def recording(sql, params):
+        if ".user_activity" in sql:
+            sketches_read.append(sql)
+        return engine(sql, params)
+
+    monkeypatch.setattr(store.backend, "query", recording)
+
+    async def people_at(tag: str, n: int, minutes: int) -> None:
+        await store._rows(
+            "INSERT INTO {db}.events (event_id, event, subject, timestamp, user_id)"
+            " SELECT concat({tag:String}, toString(number)), 'UserLoggedIn', 'bench',"
+            f"  {{at:{T}}}, concat({{tag:String}}, 'u', toString(number))"
+            " FROM numbers({n:UInt32})", tag=f"{tag}-{RUN_ID}-", n=n,
+            at=hour + timedelta(minutes=minutes))
+
+    async def series() -> dict:
+        body = await ask(admin, contract.TIMESERIES, {
+            "from": ref.iso(hour - timedelta(days=2)), "to": ref.iso(hour + timedelta(days=2)),
+            "metric": "active_users", "granularity": "hour"})
+        assert body["approximate"] is True
+        return {datetime.fromisoformat(p["start"]): p["value"] for p in body["points"]
+                if p["value"]}
+
+    await people_at("kept", 10, 10)
+    assert await series() == {hour: 10}
+    read = len(sketches_read)
+    assert read > 0
+
+    assert await series() == {hour: 10}
+    assert len(sketches_read) == read  # kept: no sketch read again
+
+    await people_at("later", 5, 20)
+    assert await series() == {hour: 15}
+    assert len(sketches_read) > read
+
+
 async def test_identical_queries_within_a_second_are_answered_once(system, admin, history,
                                                                    monkeypatch):
     store = system.context.get("analytics")

@@ -47,6 +47,8 @@ APPROX = schema.APPROX
 # Identical dashboard queries within this long are answered once (many viewers refresh the same
 # dashboard); a query still running is shared, not asked again.
 REUSE_SECONDS = 1.0
+# The hourly estimates of people kept at most (then forgotten at once): 400 days of hours.
+HOURS_KEPT = 24 * 400
 
 
 def whole_hours(start: datetime, end: datetime) -> dict[str, datetime]:
@@ -128,6 +130,7 @@ class AnalyticsStore:
         self.backend = backend
         self.reuse_seconds = reuse_seconds
         self._recent: dict[tuple, _Kept] = {}
+        self._hours: dict[int, tuple[Decimal, str]] = {}  # hour: its estimate, when touched
         self.db = backend.database
         if not self.db.isidentifier():
             raise ValueError(f"bad ClickHouse database name {self.db!r}")
@@ -272,6 +275,8 @@ class AnalyticsStore:
         Exact up to EXACT_UP_TO: whole UTC days from active_users, other buckets from the
         events. Longer, buckets of whole hours merge user_activity's sketches of their hours
         with those of any partial hour's events."""
+        if step_seconds == HOUR and end - start > EXACT_UP_TO:
+            return await self._hourly_people(start, end), True
         if step_seconds % HOUR == 0 and end - start > EXACT_UP_TO:
             return await self._buckets(
                 f"SELECT bucket, {combined(APPROX, 'Merge')}(s) AS value FROM ("
@@ -291,6 +296,29 @@ class AnalyticsStore:
             f"SELECT {BUCKET} AS bucket, uniqExact(user_id) AS value"
             f" FROM {{db}}.events WHERE {WINDOW} AND user_id != '' GROUP BY bucket",
             start=start, end=end, step=step_seconds), False
+
+    async def _hourly_people(self, start: datetime, end: datetime) -> dict[int, Decimal]:
+        """Hourly estimates of the signed-in people: each whole hour's from its user_activity
+        sketch, kept (self._hours) until people_touched says the hour was ingested into again;
+        the partial first and last hours from the events."""
+        hours = whole_hours(start, end)
+        touched = {int(r["hour"]): r["touched"] for r in await self._rows(
+            "SELECT toUInt32(hour) AS hour, max(touched) AS touched FROM {db}.people_touched"
+            f" WHERE {HOUR_ROWS} GROUP BY hour", **hours)}
+        stale = [h for h, t in touched.items() if self._hours.get(h, (0, None))[1] != t]
+        if stale:
+            # read after the times: an insert in between is in the sketch and moves the time on
+            fresh = await self._buckets(
+                f"SELECT toUInt32(hour) AS bucket, {combined(APPROX, 'Merge')}(users) AS value"
+                " FROM {db}.user_activity WHERE toUInt32(hour) IN {hours:Array(UInt32)}"
+                " GROUP BY hour", hours=stale)
+            if len(self._hours) > HOURS_KEPT:
+                self._hours.clear()
+            self._hours.update({h: (fresh.get(h, Decimal(0)), touched[h]) for h in stale})
+        edges = await self._buckets(
+            f"SELECT {BUCKET} AS bucket, {APPROX}(user_id) AS value FROM {{db}}.events"
+            f" WHERE {EDGES} AND user_id != '' GROUP BY bucket", **hours, step=HOUR)
+        return {h: self._hours[h][0] for h in touched} | edges
 
     @coalesced
     async def top_products(self, start: datetime, end: datetime, by: str,
