@@ -412,10 +412,11 @@ class AnalyticsStore:
         f"  FROM {{db}}.events WHERE event = 'InventoryAdjusted' AND {_NOT_DAYS}"
         "  GROUP BY product_id"
         "  UNION ALL"
-        f"  SELECT item.product_id, {_NO_LEVEL}, {_NO_LEVEL}, 0, 0, sum(item.quantity)"
-        "  FROM {db}.events ARRAY JOIN items AS item"
+        f"  SELECT line_product, {_NO_LEVEL}, {_NO_LEVEL}, 0, 0, sum(line_units)"
+        "  FROM {db}.events ARRAY JOIN items.product_id AS line_product,"
+        "   items.quantity AS line_units"  # the lines' two columns, not their prices
         f"  WHERE event = 'InventoryReserved' AND {_NOT_DAYS}"
-        "  GROUP BY item.product_id")
+        "  GROUP BY line_product")
 
     async def _stock(self, start: datetime, end: datetime, tail: str,
                      **params: Any) -> list[dict[str, Any]]:
