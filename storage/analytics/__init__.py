@@ -130,7 +130,7 @@ class AnalyticsStore:
         self.backend = backend
         self.reuse_seconds = reuse_seconds
         self._recent: dict[tuple, _Kept] = {}
-        self._hours: dict[int, tuple[Decimal, str]] = {}  # hour: its estimate, when touched
+        self._hours: dict[int, tuple[Decimal, list[str]]] = {}  # hour: estimate, its parts
         self.db = backend.database
         if not self.db.isidentifier():
             raise ValueError(f"bad ClickHouse database name {self.db!r}")
@@ -145,6 +145,7 @@ class AnalyticsStore:
         return cls(backend, retention_days, reuse_seconds)
 
     async def start(self) -> None:
+        self._hours.clear()  # a table made again may name its parts as the one it replaces did
         existing = {r["name"] for r in await self._rows(
             "SELECT name FROM system.tables WHERE database = {db:String}", db=self.db)}
         projections = {r["name"] for r in await self._rows(
@@ -299,26 +300,28 @@ class AnalyticsStore:
 
     async def _hourly_people(self, start: datetime, end: datetime) -> dict[int, Decimal]:
         """Hourly estimates of the signed-in people: each whole hour's from its user_activity
-        sketch, kept (self._hours) until people_touched says the hour was ingested into again;
-        the partial first and last hours from the events."""
+        sketch, kept (self._hours) while the parts holding the hour's rows are the same ones
+        (a part never changes: an insert, merge or mutation makes a new one); the partial
+        first and last hours from the events."""
         hours = whole_hours(start, end)
-        touched = {int(r["hour"]): r["touched"] for r in await self._rows(
-            "SELECT toUInt32(hour) AS hour, max(touched) AS touched FROM {db}.people_touched"
-            f" WHERE {HOUR_ROWS} GROUP BY hour", **hours)}
-        stale = [h for h, t in touched.items() if self._hours.get(h, (0, None))[1] != t]
+        held = {int(r["hour"]): r["parts"] for r in await self._rows(
+            "SELECT toUInt32(hour) AS hour, arraySort(groupUniqArray(_part)) AS parts"
+            f" FROM {{db}}.user_activity WHERE {HOUR_ROWS} GROUP BY hour", **hours)}
+        stale = [h for h, parts in held.items() if self._hours.get(h, (0, None))[1] != parts]
         if stale:
-            # read after the times: an insert in between is in the sketch and moves the time on
+            # Read after the parts: a part added in between is read too, and the hour is read
+            # again next time (its parts differ from those kept).
             fresh = await self._buckets(
                 f"SELECT toUInt32(hour) AS bucket, {combined(APPROX, 'Merge')}(users) AS value"
                 " FROM {db}.user_activity WHERE toUInt32(hour) IN {hours:Array(UInt32)}"
                 " GROUP BY hour", hours=stale)
             if len(self._hours) > HOURS_KEPT:
                 self._hours.clear()
-            self._hours.update({h: (fresh.get(h, Decimal(0)), touched[h]) for h in stale})
+            self._hours.update({h: (fresh.get(h, Decimal(0)), held[h]) for h in stale})
         edges = await self._buckets(
             f"SELECT {BUCKET} AS bucket, {APPROX}(user_id) AS value FROM {{db}}.events"
             f" WHERE {EDGES} AND user_id != '' GROUP BY bucket", **hours, step=HOUR)
-        return {h: self._hours[h][0] for h in touched} | edges
+        return {h: self._hours[h][0] for h in held} | edges
 
     @coalesced
     async def top_products(self, start: datetime, end: datetime, by: str,
@@ -376,14 +379,15 @@ class AnalyticsStore:
         return {k: int(v) for k, v in row.items()}
 
     # Per product: the level as of `end` and the movement within the window. The level is the
-    # latest ever when no product has reported one since `end` (a window ending now), else the
-    # merge of stock_levels' days before the day of `end` with the raw level events of that day.
-    # The movement of whole UTC days comes from the events' daily_moves maps, the rest of the
-    # window (all of a window shorter than a day) from the events. Each part is grouped by
-    # product on its own, so the final merge sees a few rows per product.
+    # merge of all stock_levels' days when no level was reported at or after `end` (a window
+    # ending now), else of its days before the day of `end` with the raw level events of that
+    # day up to `end`. The movement of whole UTC days comes from the events' daily_moves maps,
+    # the rest of the window (all of a window shorter than a day) from the events. Each part is
+    # grouped by product on its own, so the final merge sees a few rows per product.
     _NO_LEVEL = ("argMaxIfState(CAST(NULL AS Nullable(Int64)),"
                  " (toDateTime64(0, 3, 'UTC'), ''), toUInt8(0))")
-    _LATEST_LEVELS = "SELECT product_id, on_hand, available FROM {db}.stock_latest"
+    _LEVEL_EVENTS = "event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')"
+    _LATEST_LEVELS = "SELECT product_id, on_hand, available FROM {db}.stock_levels"
     _LEVELS_AT_END = (
         f"SELECT product_id, on_hand, available FROM {{db}}.stock_levels"
         f" WHERE day < toDate({{end:{T}}})"
@@ -391,8 +395,7 @@ class AnalyticsStore:
         " SELECT product_id,"
         "  argMaxIfState(on_hand, (timestamp, event_id), on_hand IS NOT NULL),"
         "  argMaxIfState(available, (timestamp, event_id), available IS NOT NULL)"
-        " FROM {db}.events"
-        " WHERE event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')"
+        f" FROM {{db}}.events WHERE {_LEVEL_EVENTS}"
         f"  AND timestamp >= toStartOfDay({{end:{T}}}) AND timestamp < {{end:{T}}}"
         " GROUP BY product_id")
     _DAYS = f"toStartOfDay(timestamp) >= {{d0:{T}}} AND toStartOfDay(timestamp) < {{d1:{T}}}"
@@ -420,8 +423,9 @@ class AnalyticsStore:
 
     async def _stock(self, start: datetime, end: datetime, tail: str,
                      **params: Any) -> list[dict[str, Any]]:
-        late = await self._one(f"SELECT max(reported) >= {{end:{T}}} AS late"
-                               " FROM {db}.stock_latest", end=end)
+        late = await self._one(f"SELECT count() AS late FROM {{db}}.events"
+                               f" WHERE {self._LEVEL_EVENTS} AND timestamp >= {{end:{T}}}",
+                               end=end)
         d0 = datetime.fromtimestamp(math.ceil(start.timestamp() / 86_400) * 86_400, UTC)
         d1 = datetime.fromtimestamp(math.floor(end.timestamp() / 86_400) * 86_400, UTC)
         sql = (

@@ -209,45 +209,8 @@ FROM {events} WHERE event IN ('ProductViewed', 'AddedToCart', 'CheckoutStarted',
 GROUP BY shopper
 """, ttl="toDateTime(greatest(viewed, added, checkout, ordered))")
 
-# Every product's latest stock level ever, and when it was reported: a row per product once
-# merged. A window ending after every product's latest report (one ending now) takes its levels
-# here instead of merging stock_levels' days with the events of the window's last day. argMax
-# and max are idempotent, as above.
-STOCK_LATEST = Derived("stock_latest", f"""
-CREATE TABLE IF NOT EXISTS {{db}}.stock_latest (
-    product_id String,
-    on_hand AggregateFunction({LEVEL}),
-    available AggregateFunction({LEVEL}),
-    reported SimpleAggregateFunction(max, DateTime64(3, 'UTC'))
-) ENGINE = AggregatingMergeTree
-ORDER BY product_id
-""", """
-SELECT product_id,
-       argMaxIfState(on_hand, (timestamp, event_id), on_hand IS NOT NULL) AS on_hand,
-       argMaxIfState(available, (timestamp, event_id), available IS NOT NULL) AS available,
-       max(timestamp) AS reported
-FROM {events} WHERE event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')
-GROUP BY product_id
-""", ttl="toDateTime(reported)")
-
-# When each hour's signed-in people were last ingested (the latest ingested_at of an event of
-# theirs stamped in that hour): an hour's user_activity sketch is unchanged since then, so the
-# store keeps each hour's estimate until its hour is touched again (finalizing a month of hourly
-# sketches took ~30 ms of CPU at 10M events, more than everything else in that series). max is
-# idempotent: derived again, an hour keeps the time it had.
-PEOPLE_TOUCHED = Derived("people_touched", """
-CREATE TABLE IF NOT EXISTS {db}.people_touched (
-    hour DateTime('UTC'),
-    touched SimpleAggregateFunction(max, DateTime64(3, 'UTC'))
-) ENGINE = AggregatingMergeTree
-ORDER BY hour
-""", """
-SELECT toStartOfHour(timestamp) AS hour, max(ingested_at) AS touched
-FROM {events} WHERE user_id != '' GROUP BY hour
-""", ttl="hour")
-
 DERIVED = (ORDER_LINES, STOCK_LEVELS, FIRST_ORDERS, ORDER_PROGRESS, ACTIVE_USERS,
-           USER_ACTIVITY, SHOPPERS, STOCK_LATEST, PEOPLE_TOUCHED)
+           USER_ACTIVITY, SHOPPERS)
 
 # Sales per minute were summed (not idempotent, so not repairable); the timeseries now reads
 # the events, which is fast enough (~12 ms for 30 days of 10M events).
