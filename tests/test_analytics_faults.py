@@ -111,7 +111,8 @@ async def test_an_insert_that_died_before_its_views_is_repaired_once(system, adm
                     ("order_progress", "order_id", f"o-{tag}"),
                     ("active_users", "user_id", f"c-{tag}"),
                     ("user_activity", "toString(hour)", ch_time(start + timedelta(hours=1))[:19]),
-                    ("shoppers", "shopper", f"c-{tag}"))
+                    ("shoppers", "shopper", f"c-{tag}"),
+                    ("stock_latest", "product_id", product))
 
     async def delete(rows):
         for table, column, value in rows:

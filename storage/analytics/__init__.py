@@ -379,15 +379,15 @@ class AnalyticsStore:
         return {k: int(v) for k, v in row.items()}
 
     # Per product: the level as of `end` and the movement within the window. The level is the
-    # merge of all stock_levels' days when no level was reported at or after `end` (a window
-    # ending now), else of its days before the day of `end` with the raw level events of that
-    # day up to `end`. The movement of whole UTC days comes from the events' daily_moves maps,
-    # the rest of the window (all of a window shorter than a day) from the events. Each part is
-    # grouped by product on its own, so the final merge sees a few rows per product.
+    # latest ever when no product has reported one since `end` (a window ending now), else the
+    # merge of stock_levels' days before the day of `end` with the raw level events of that day.
+    # The movement of whole UTC days comes from the events' daily_moves maps, the rest of the
+    # window (all of a window shorter than a day) from the events. Each part is grouped by
+    # product on its own, so the final merge sees a few rows per product.
     _NO_LEVEL = ("argMaxIfState(CAST(NULL AS Nullable(Int64)),"
                  " (toDateTime64(0, 3, 'UTC'), ''), toUInt8(0))")
     _LEVEL_EVENTS = "event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')"
-    _LATEST_LEVELS = "SELECT product_id, on_hand, available FROM {db}.stock_levels"
+    _LATEST_LEVELS = "SELECT product_id, on_hand, available FROM {db}.stock_latest"
     _LEVELS_AT_END = (
         f"SELECT product_id, on_hand, available FROM {{db}}.stock_levels"
         f" WHERE day < toDate({{end:{T}}})"
@@ -423,9 +423,8 @@ class AnalyticsStore:
 
     async def _stock(self, start: datetime, end: datetime, tail: str,
                      **params: Any) -> list[dict[str, Any]]:
-        late = await self._one(f"SELECT count() AS late FROM {{db}}.events"
-                               f" WHERE {self._LEVEL_EVENTS} AND timestamp >= {{end:{T}}}",
-                               end=end)
+        late = await self._one(f"SELECT max(reported) >= {{end:{T}}} AS late"
+                               " FROM {db}.stock_latest", end=end)
         d0 = datetime.fromtimestamp(math.ceil(start.timestamp() / 86_400) * 86_400, UTC)
         d1 = datetime.fromtimestamp(math.floor(end.timestamp() / 86_400) * 86_400, UTC)
         sql = (

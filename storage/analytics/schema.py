@@ -209,8 +209,30 @@ FROM {events} WHERE event IN ('ProductViewed', 'AddedToCart', 'CheckoutStarted',
 GROUP BY shopper
 """, ttl="toDateTime(greatest(viewed, added, checkout, ordered))")
 
+# Every product's latest stock level ever, and when it was reported: a row per product once
+# merged. A window ending after every product's latest report (one ending now) takes its levels
+# here instead of merging stock_levels' days with the events of the window's last day. argMax
+# and max are idempotent, as above. Like stock_levels it gets rows only from batches holding
+# level events, so most inserts write no part of it.
+STOCK_LATEST = Derived("stock_latest", f"""
+CREATE TABLE IF NOT EXISTS {{db}}.stock_latest (
+    product_id String,
+    on_hand AggregateFunction({LEVEL}),
+    available AggregateFunction({LEVEL}),
+    reported SimpleAggregateFunction(max, DateTime64(3, 'UTC'))
+) ENGINE = AggregatingMergeTree
+ORDER BY product_id
+""", """
+SELECT product_id,
+       argMaxIfState(on_hand, (timestamp, event_id), on_hand IS NOT NULL) AS on_hand,
+       argMaxIfState(available, (timestamp, event_id), available IS NOT NULL) AS available,
+       max(timestamp) AS reported
+FROM {events} WHERE event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')
+GROUP BY product_id
+""", ttl="toDateTime(reported)")
+
 DERIVED = (ORDER_LINES, STOCK_LEVELS, FIRST_ORDERS, ORDER_PROGRESS, ACTIVE_USERS,
-           USER_ACTIVITY, SHOPPERS)
+           USER_ACTIVITY, SHOPPERS, STOCK_LATEST)
 
 # Sales per minute were summed (not idempotent, so not repairable); the timeseries now reads
 # the events, which is fast enough (~12 ms for 30 days of 10M events).
