@@ -234,6 +234,42 @@ async def test_new_pre_aggregates_are_filled_from_stored_events(system, admin, h
     assert top["products"] == ref.top_products(history, "revenue", 15)
 
 
+async def test_a_server_without_projection_settings_gets_the_projection_plain(
+        system, admin, history, monkeypatch):
+    """ClickHouse before 25.12 has no WITH SETTINGS for a projection (a syntax error there):
+    the projection is added with the table's granularity, and the answers stay the same."""
+    store = system.context.get("analytics")
+    monkeypatch.setattr(store, "reuse_seconds", 0)
+    engine = store.backend.query
+
+    def older_server(sql, params):
+        if " WITH SETTINGS (" in sql:
+            raise RuntimeError("Syntax error: failed at position 1 (WITH)")
+        return engine(sql, params)
+
+    async def daily_moves() -> list[dict]:
+        return await store._rows(
+            "SELECT name FROM system.projections WHERE database = {db:String}"
+            " AND table = 'events' AND name = {name:String}", db=store.db,
+            name=schema.DAILY_MOVES)
+
+    try:
+        await store._rows(f"ALTER TABLE {{db}}.events DROP PROJECTION {schema.DAILY_MOVES}"
+                          " SETTINGS mutations_sync = 2")
+        monkeypatch.setattr(store.backend, "query", older_server)
+        await store.start()
+        assert await daily_moves()
+        inventory = await ask(admin, contract.INVENTORY,
+                              history.wire() | {"lowStockThreshold": 40, "limit": 100})
+        assert inventory == ref.inventory(history, 40, 100)
+    finally:  # the rest of the run with the projection as a current engine has it
+        monkeypatch.setattr(store.backend, "query", engine)
+        await store._rows(f"ALTER TABLE {{db}}.events DROP PROJECTION IF EXISTS"
+                          f" {schema.DAILY_MOVES} SETTINGS mutations_sync = 2")
+        await store.start()
+    assert await daily_moves()
+
+
 async def test_every_table_but_first_orders_keeps_the_configured_retention(system, settings):
     store = system.context.get("analytics")
     tables = {r["name"]: r["engine_full"] for r in await store._rows(

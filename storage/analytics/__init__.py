@@ -155,9 +155,17 @@ class AnalyticsStore:
             "SELECT name FROM system.projections WHERE database = {db:String}"
             " AND table = 'events'", db=self.db)}
         missing = schema.PROJECTIONS.keys() - projections
-        for statement in (*schema.statements(self.db, self._retention_days),
-                          *schema.projection_statements(self.db, missing)):
+        for statement in schema.statements(self.db, self._retention_days):
             await self._run(self.backend.query, statement, {})
+        for statement in schema.projection_statements(self.db, missing):
+            try:
+                await self._run(self.backend.query, statement, {})
+            except Exception:
+                # A server without projection settings (ClickHouse before 25.12) gets the
+                # projection with the table's granularity: a window then reads more of it.
+                if (plain := schema.without_projection_settings(statement)) == statement:
+                    raise
+                await self._run(self.backend.query, plain, {})
         if await self._rows("SELECT 1 FROM system.merge_tree_settings WHERE name = {n:String}",
                             n=schema.PACKED_BELOW_LEVEL):
             for statement in schema.packed_statements(self.db):

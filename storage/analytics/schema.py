@@ -302,6 +302,10 @@ def packed_statements(db: str) -> list[str]:
             for table in tables]
 
 
+def without_projection_settings(statement: str) -> str:
+    return statement.split(" WITH SETTINGS (")[0]
+
+
 def projection_statements(db: str, missing: set[str]) -> list[str]:
     """Adds the events' projections that are missing (each ALTER rewrites the table's metadata,
     so a start that finds them all runs none)."""
