@@ -157,15 +157,17 @@ class AnalyticsStore:
         missing = schema.PROJECTIONS.keys() - projections
         for statement in schema.statements(self.db, self._retention_days):
             await self._run(self.backend.query, statement, {})
-        for statement in schema.projection_statements(self.db, missing):
+        plain = schema.projection_statements(self.db, missing, settings=False)
+        for statement, without in zip(schema.projection_statements(self.db, missing), plain,
+                                      strict=True):
             try:
                 await self._run(self.backend.query, statement, {})
             except Exception:
                 # A server without projection settings (ClickHouse before 25.12) gets the
                 # projection with the table's granularity: a window then reads more of it.
-                if (plain := schema.without_projection_settings(statement)) == statement:
+                if without == statement:
                     raise
-                await self._run(self.backend.query, plain, {})
+                await self._run(self.backend.query, without, {})
         if await self._rows("SELECT 1 FROM system.merge_tree_settings WHERE name = {n:String}",
                             n=schema.PACKED_BELOW_LEVEL):
             for statement in schema.packed_statements(self.db):

@@ -296,25 +296,24 @@ def statements(db: str, retention_days: int) -> list[str]:
 PACKED_BELOW_LEVEL = "min_level_for_full_part_storage"
 
 
-def packed_statements(db: str) -> list[str]:
+def packed_statements(db: str, below_level: int = 2) -> list[str]:
+    """Every table's parts below `below_level` packed (0: none, every part stored in full)."""
     tables = ["events", *(d.table for d in DERIVED)]
-    return [filled(f"ALTER TABLE {{db}}.{table} MODIFY SETTING {PACKED_BELOW_LEVEL} = 2", db)
+    return [filled(f"ALTER TABLE {{db}}.{table} MODIFY SETTING {PACKED_BELOW_LEVEL} ="
+                   f" {int(below_level)}", db)
             for table in tables]
 
 
-def without_projection_settings(statement: str) -> str:
-    return statement.split(" WITH SETTINGS (")[0]
-
-
-def projection_statements(db: str, missing: set[str]) -> list[str]:
+def projection_statements(db: str, missing: set[str], *, settings: bool = True) -> list[str]:
     """Adds the events' projections that are missing (each ALTER rewrites the table's metadata,
-    so a start that finds them all runs none)."""
+    so a start that finds them all runs none); `settings=False`: without their own settings,
+    for a server that has none for a projection."""
     if not missing:
         return []
     # A merge that folds a duplicate event rebuilds the projections of its part.
     ddl = ["ALTER TABLE {db}.events MODIFY SETTING deduplicate_merge_projection_mode = 'rebuild'"]
     ddl += [f"ALTER TABLE {{db}}.events ADD PROJECTION IF NOT EXISTS {name} ({PROJECTIONS[name]})"
-            + (f" WITH SETTINGS ({PROJECTION_SETTINGS[name]})" if name in PROJECTION_SETTINGS
-               else "")
+            + (f" WITH SETTINGS ({PROJECTION_SETTINGS[name]})"
+               if settings and name in PROJECTION_SETTINGS else "")
             for name in sorted(missing)]
     return [filled(s, db) for s in ddl]

@@ -147,8 +147,8 @@ async def inserts(data_dir: str, orders: int, count: int, storage: str = "packed
     store = AnalyticsStore.for_settings(None, data_dir, 400)
     await store.start()
     if storage == "full":
-        for statement in schema.packed_statements(store.db):
-            await store._rows(statement.replace("= 2", "= 0"))
+        for statement in schema.packed_statements(store.db, below_level=0):
+            await store._rows(statement)
     made = 0
 
     def saga_events(n: int) -> list[dict]:
