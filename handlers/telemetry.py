@@ -130,7 +130,9 @@ def batch_scope(tracer: Tracer, consumer: str, msgs: Sequence[Msg]) -> Iterator[
 
 
 def span_context(parent: str) -> SpanContext | None:
-    """The span context of a W3C traceparent (version 00), or None when it is not one."""
+    """The span context of a W3C traceparent (version 00), or None when it is not one. Read
+    here rather than through the propagator's extract (a Context per call), since a batch
+    makes one for each event it links."""
     parts = parent.split("-")
     if len(parts) != 4 or parts[0] == "ff" or [len(p) for p in parts[1:]] != [32, 16, 2]:
         return None

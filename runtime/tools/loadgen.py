@@ -136,9 +136,8 @@ class LoadGen:
         """A request that is safe to repeat (a read, a track with its client event ids, an order
         with its Idempotency-Key, a status change the order's state machine does once), repeated
         on no answer or a 5xx (a server restarting, a stream leader being elected) until a final
-        reply, as a careful client does. Timed and counted
-        as one request: an error is what the client is finally left with (a 4xx, or nothing
-        within a minute)."""
+        reply, as a careful client does. Timed and counted as one request: an error is what the
+        client is finally left with (a 4xx, or nothing within a minute)."""
         began = time.perf_counter()
         reply = await until_answered(lambda: client.call_or_none(
             subject, payload, headers=headers, timeout=ATTEMPT_SECONDS), give_up_after=60)

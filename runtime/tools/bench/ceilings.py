@@ -15,9 +15,9 @@ handler sets are:
         echo responder in the same process; prints the CPU seconds one round trip costs.
     python -m runtime.tools.bench.ceilings postgres DSN COUNT PAUSE_SECONDS
         COUNT sequential `SELECT 1` round trips over asyncpg, each after a pause (0: back to
-        back); prints the CPU seconds one costs. On this machine kind a round trip to a peer
-        that has gone idle costs about three times one made back to back (waking it), and the
-        saga's round trips are mostly of that kind.
+        back); prints the CPU seconds one costs. On this machine kind a round trip made after
+        the process sat idle costs 4-9 times one made back to back (its own return from idle,
+        whatever the other core does), and the saga's round trips are mostly of that kind.
 """
 
 import asyncio

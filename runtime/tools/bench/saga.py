@@ -460,8 +460,8 @@ def tables(r: Result) -> list[str]:
            f"{NATS_SERVER} is not an Atlantic process and is not in the total. One raw "
            f"nats-py echo round trip cost {r.echo * 1e6:.0f} µs of CPU in this world; one "
            f"PostgreSQL round trip (`SELECT 1`) {r.postgres[0] * 1e6:.0f} µs back to back and "
-           f"{r.postgres[1] * 1e6:.0f} µs after a {PAUSE * 1e3:.0f} ms pause (a peer woken "
-           "from idle, as most of an order's are at these rates). "
+           f"{r.postgres[1] * 1e6:.0f} µs after a {PAUSE * 1e3:.0f} ms pause (made by a "
+           "process back from idle, as most of an order's are at these rates). "
            "Of which event loop: the process's main thread (Python and its syscalls); the rest "
            "is native threads, chDB's above all."
            + (f" ({ANALYTICS_ONCE}.)" if r.topology == "two replicas per set" else ""), "",
