@@ -16,6 +16,9 @@ PRODUCTS_LIST = "atlantic.catalog.products.list"
 INVENTORY_GET = "atlantic.catalog.inventory.get"
 INVENTORY_ADJUST = "atlantic.catalog.inventory.adjust"
 QUOTE = "atlantic.catalog.quote"
+# Between catalog processes only (no client may publish it): the products whose cached replies
+# are no longer true, as a JSON list of ids.
+CACHE_INVALIDATIONS = "atlantic.cache.catalog.products"
 
 MAX_PAGE = 100
 MAX_STOCK = 1_000_000

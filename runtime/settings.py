@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     hold_sweep_seconds: float = Field(5.0, gt=0)
     product_cache_seconds: int = Field(60, ge=1)
     product_cache_timeout_seconds: float = Field(0.25, gt=0)
+    # Each catalog process's own copies of cached replies (storage.cache; 0: none): kept true
+    # by invalidations shared on NATS, and this long at most.
+    product_cache_local_seconds: float = Field(5.0, ge=0)
 
     # Orders: an order still short of PAID or RESERVED this long after creation is cancelled;
     # a delivered order may be returned within the window. Quotes come from catalog.quote.

@@ -15,17 +15,33 @@ request waits for nothing. Each read is still sent after its request arrived, so
 returns what Redis held before an invalidation its caller had seen finish.
 A slow Redis counts as a miss after `timeout_seconds`, measured here rather than by redis-py's
 socket timeout, which wraps every send and read in a task of its own.
+
+Shared (`share`), a catalog process also keeps a copy of each reply it read from Redis, for
+`local_seconds`, so that a hit costs no round trip at all (the Redis read was most of a cached
+read's time at one request in flight: BENCHMARKS.md, issue 14). Copies stay true across
+processes: whoever invalidates a product deletes its Redis entry first, then tells every catalog
+process on NATS (CACHE_INVALIDATIONS), then replies to its caller or publishes what the change
+led to. Each process drops its copy on the message. A NATS server delivers what one connection
+sent in the order it sent it, so a process gets the invalidation before any request sent by
+someone who saw the change, and asyncio runs the invalidation's callback before that request's.
+A copy is only taken from a Redis read during which no invalidation arrived, so no copy
+outlives the entry it was read from. After a reconnect (invalidations may have been missed while
+away) every copy is dropped; `local_seconds` bounds what anything else could leave behind.
 """
 
 import asyncio
+import json
 import logging
+import time
 
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from contracts.catalog import Product
+from contracts.catalog import CACHE_INVALIDATIONS, Product
 
 log = logging.getLogger("atlantic.cache")
 
@@ -36,7 +52,8 @@ _HIT, _MISS = LOOKUPS.labels("product", "hit"), LOOKUPS.labels("product", "miss"
 
 class ProductCache:
     def __init__(self, redis: Redis, prefix: str, *, ttl_seconds: int,
-                 timeout_seconds: float | None = None):
+                 timeout_seconds: float | None = None, local_seconds: float = 5,
+                 local_entries: int = 10_000):
         self._redis = redis
         self._prefix = prefix
         self._ttl = ttl_seconds
@@ -44,22 +61,82 @@ class ProductCache:
         self._pending: set[str] = set()  # products whose invalidation has not reached Redis
         self._reads: list[tuple[str, asyncio.Future[bytes | None]]] = []  # not yet sent
         self._sender: asyncio.Task[None] | None = None  # sends batches while reads wait
+        # This process's copies (once shared): product id -> (monotonic expiry, reply JSON).
+        self._copies: dict[str, tuple[float, bytes]] = {}
+        self._local_seconds, self._local_entries = local_seconds, local_entries
+        self._peers: NATS | None = None  # the connection invalidations travel on
+        self._reconnects = 0  # the connection's reconnects when the copies were taken
+        self._drops = 0  # invalidations seen: a copy read across one is not kept
+
+    async def share(self, nc: NATS) -> None:
+        """Keeps copies in this process, dropped whenever any catalog process invalidates."""
+        self._peers, self._reconnects = nc, nc.stats["reconnects"]
+        # Unbounded: nats-py drops a subscription's messages past its pending limits.
+        await nc.subscribe(CACHE_INVALIDATIONS, cb=self._invalidated, pending_msgs_limit=0,
+                           pending_bytes_limit=0)
 
     def _key(self, product_id: str) -> str:
         return f"{self._prefix}catalog:product:{product_id}"
 
     async def stored(self, product_id: str) -> bytes | None:
         """The product's reply JSON as cached, or None on a miss (or with Redis away)."""
+        if (copy := self._copy(product_id)) is not None:
+            _HIT.inc()
+            return copy
         if not await self.retry_invalidations():
             _MISS.inc()
             return None
+        drops = self._drops
         try:
             found = await self._read(self._key(product_id))
         except RedisError as exc:
             log.warning("product cache unavailable, reading PostgreSQL: %s", exc)
             found = None
         (_MISS if found is None else _HIT).inc()
+        if found is not None and drops == self._drops:
+            self._keep(product_id, found)
         return found
+
+    def _copy(self, product_id: str) -> bytes | None:
+        if not self._copies or not self._in_step():
+            return None
+        expires, body = self._copies.get(product_id, (0.0, b""))
+        if expires > time.monotonic():
+            return body
+        self._copies.pop(product_id, None)
+        return None
+
+    def _keep(self, product_id: str, body: bytes) -> None:
+        if self._peers is None or not self._in_step():
+            return
+        if len(self._copies) >= self._local_entries and product_id not in self._copies:
+            del self._copies[next(iter(self._copies))]  # the oldest taken
+        self._copies[product_id] = (time.monotonic() + self._local_seconds, body)
+
+    def _in_step(self) -> bool:
+        """False, with every copy dropped, once the connection has been lost and made again:
+        invalidations sent meanwhile never came."""
+        assert self._peers is not None
+        if (reconnects := self._peers.stats["reconnects"]) == self._reconnects:
+            return True
+        self._reconnects = reconnects
+        self._drop(None)
+        return False
+
+    def _drop(self, product_ids: list[str] | None) -> None:
+        """Drops the copies of these products (None: of all)."""
+        self._drops += 1
+        if product_ids is None:
+            self._copies.clear()
+        for product_id in product_ids or ():
+            self._copies.pop(product_id, None)
+
+    async def _invalidated(self, msg: Msg) -> None:
+        try:
+            product_ids = json.loads(msg.data)
+        except ValueError:
+            product_ids = None  # not ours to read: every copy goes
+        self._drop(product_ids if isinstance(product_ids, list) else None)
 
     async def product(self, product_id: str) -> Product | None:
         cached = await self.stored(product_id)
@@ -109,9 +186,19 @@ class ProductCache:
             log.warning("product cache unavailable, not caching: %s", exc)
 
     async def invalidate(self, *product_ids: str) -> None:
-        """Drops entries after their rows changed; call after the commit."""
+        """Drops entries after their rows changed; call after the commit, and before replying
+        or publishing anything that tells of the change."""
         self._pending.update(product_ids)
         await self.retry_invalidations()
+        # This process's copies once Redis's entries are gone: a copy read meanwhile goes too.
+        self._drop(list(product_ids))
+        # Then the other processes: one that drops its copy must find Redis's entry gone too.
+        if self._peers is not None and product_ids:
+            try:
+                await self._peers.publish(CACHE_INVALIDATIONS, json.dumps(product_ids).encode())
+            except Exception as exc:  # closed: its copies expire within local_seconds
+                log.warning("could not tell the catalog processes of %d invalidations: %s",
+                            len(product_ids), exc)
 
     async def retry_invalidations(self) -> bool:
         """Sends the invalidations Redis has not seen yet; True when none is left."""

@@ -14,6 +14,7 @@ import pytest
 from nats.js.api import ConsumerConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
+from contracts.catalog import CACHE_INVALIDATIONS
 from contracts.events import STREAM
 from handlers import HANDLER_SETS
 from runtime import accounts
@@ -140,6 +141,9 @@ def matrix(user: str) -> list[tuple[str, str, bool]]:
         cases.append(("publish", subject,
                       user == "client" or subject in ASKS.get(user, [])))
     cases.append(("subscribe", "atlantic.>", False))
+    # the catalog processes tell each other of invalidated cache entries, and nobody else may
+    cases += [(action, CACHE_INVALIDATIONS, user == "catalog")
+              for action in ("publish", "subscribe")]
     # replies: each user reads its own inbox only, and answers only through allow_responses
     for owner in USERS:
         cases += [("subscribe", f"_INBOX.{owner}.reply", owner == user),

@@ -24,13 +24,17 @@ async def product_cache(context: ContextRepo) -> AsyncIterator[None]:
     """A Redis client of its own with short timeouts and no retries: a slow or absent Redis
     must cost a get one quick miss, not seconds of retrying. The cache times each command
     itself (storage.cache); a socket timeout (redis-py's default is 5 s) would run every send
-    in a task of its own (asyncio.wait_for)."""
+    in a task of its own (asyncio.wait_for). With copies in this process, shared on the
+    broker's connection with the other catalog processes."""
     settings = context.get("settings")
     timeout = settings.product_cache_timeout_seconds
     redis = Redis.from_url(settings.redis_url, socket_timeout=None,
                            socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
     cache = ProductCache(redis, settings.redis_prefix, ttl_seconds=settings.product_cache_seconds,
-                         timeout_seconds=timeout)
+                         timeout_seconds=timeout,
+                         local_seconds=settings.product_cache_local_seconds)
+    if settings.product_cache_local_seconds:
+        await cache.share(context.get("broker").connection)
     context.set_global("product_cache", cache)
     try:
         yield
