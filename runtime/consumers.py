@@ -325,16 +325,17 @@ class BatchConsumer:
 
     async def _settle(self, deliveries: list[tuple[Msg, Delivery[Any]]], applied: Applied
                       ) -> None:
-        """After the commit: publish what the batch emitted, the after-commit work, then ack
+        """After the commit: the after-commit work, publish what the batch emitted, then ack
         its events (or hand back the early ones). A crash before the acks redelivers them, and
-        their inbox marks make that a no-op."""
-        if applied.published and self._relay:
-            await self._relay.send(applied.published)
+        their inbox marks make that a no-op. The work comes first so that whoever learns of
+        the change from an event finds the caches already invalidated."""
         for hook in applied.hooks:
             try:
                 await hook()
             except Exception:  # a cache that misses an invalidation expires on its own
                 log.warning("%s: after-commit work failed", self.durable, exc_info=True)
+        if applied.published and self._relay:
+            await self._relay.send(applied.published)
         for msg, delivery in deliveries:
             if (reason := applied.retries.get(delivery.event_id)) is not None:
                 await self._retry(msg, delivery, f"EventTooEarly: {reason}", routine=True)
