@@ -7,6 +7,10 @@ handler sets are:
     python -m runtime.tools.bench.ceilings responder NATS_URL REDIS_URL PREFIX SUBJECT
         a raw nats-py responder doing what catalog.products.get does on a cache hit: validate
         the request, read Redis, validate the product, reply with its JSON.
+    python -m runtime.tools.bench.ceilings signed-in-responder NATS_URL REDIS_URL PREFIX DSN
+        a raw nats-py responder doing what users.me and orders.get do (bench.raw.users.me,
+        bench.raw.orders.get): resolve the bearer token's session in Redis, read the account or
+        the order from PostgreSQL, check the order is the caller's, reply with its JSON.
     python -m runtime.tools.bench.ceilings ingest NATS_URL DATA_DIR COUNT
         a raw fetch-and-insert loop: JetStream batches straight into a ClickHouse (chDB) table
         of the same schema, acked after the insert; prints the events/s it sustained.
@@ -33,7 +37,12 @@ from redis.asyncio import Redis
 
 from contracts.catalog import GetProduct
 from contracts.events import ALL_EVENTS, STREAM
+from contracts.orders import GetOrder
+from runtime.settings import Settings
+from storage import orders
+from storage import users as accounts
 from storage.cache import ProductCache
+from storage.sessions import Sessions
 
 
 async def echo_responder(nats_url: str, subject: str) -> None:
@@ -63,6 +72,40 @@ async def responder(nats_url: str, redis_url: str, prefix: str, subject: str) ->
         task.add_done_callback(tasks.discard)
 
     await nc.subscribe(subject, queue="raw", cb=handle)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+async def signed_in_responder(nats_url: str, redis_url: str, prefix: str, dsn: str) -> None:
+    nc = await nats.connect(nats_url)
+    settings = Settings()
+    sessions = Sessions(Redis.from_url(redis_url), prefix,
+                        idle_seconds=settings.session_idle_seconds,
+                        absolute_seconds=settings.session_absolute_seconds)
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4)
+    tasks: set[asyncio.Task] = set()
+
+    async def me(msg) -> None:
+        session = await sessions.resolve(msg.headers["Authorization"].removeprefix("Bearer "))
+        user = await accounts.account(pool, session.user_id)
+        await msg.respond(user.model_dump_json().encode())
+
+    async def order(msg) -> None:
+        req = GetOrder.model_validate_json(msg.data)
+        session = await sessions.resolve(msg.headers["Authorization"].removeprefix("Bearer "))
+        found = await orders.view(pool, req.order_id)
+        assert found.customer_id == session.user_id
+        await msg.respond(found.model_dump_json().encode())
+
+    def serve(answer):
+        async def handle(msg) -> None:  # a task per request, as the runtime serves them
+            task = asyncio.create_task(answer(msg))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        return handle
+
+    await nc.subscribe("bench.raw.users.me", queue="raw", cb=serve(me))
+    await nc.subscribe("bench.raw.orders.get", queue="raw", cb=serve(order))
     print("ready", flush=True)
     await asyncio.Event().wait()
 
@@ -141,6 +184,8 @@ if __name__ == "__main__":
         asyncio.run(echo_responder(*args))
     elif kind == "responder":
         asyncio.run(responder(*args))
+    elif kind == "signed-in-responder":
+        asyncio.run(signed_in_responder(*args))
     elif kind == "echo":
         asyncio.run(echo(args[0], int(args[1])))
     elif kind == "postgres":

@@ -164,7 +164,8 @@ async def request_reply(base: Settings, sizes: Sizes, rss: dict[str, float]) -> 
     set (each in a world of its own, both up at once, measured turn about), beside a raw nats-py
     echo responder and a raw cached-read responder (Redis GET and pydantic,
     runtime.tools.bench.ceilings); then catalog.quote, and in the one process orders.create,
-    users.me and orders.get. CPU per request is read off each responding process."""
+    users.me and orders.get (beside a raw responder making the same session and PostgreSQL
+    reads). CPU per request is read off each responding process."""
     from runtime.tools.bench.saga import _shopper  # saga.py builds on this module
 
     seconds = sizes.seconds / 2  # per round; three rounds each
@@ -195,11 +196,15 @@ async def request_reply(base: Settings, sizes: Sizes, rss: dict[str, float]) -> 
                 create = Responder(nc, process.pid, "atlantic.orders.create", items, shopper)
                 order = json.loads((await nc.request("atlantic.orders.create", items,
                                                      headers=shopper, timeout=10)).data)
+                order_get = json.dumps({"orderId": order["orderId"]}).encode()
                 signed_in = [  # a Redis session read, then a PostgreSQL read
                     Responder(nc, process.pid, "atlantic.users.me", b"", shopper),
-                    Responder(nc, process.pid, "atlantic.orders.get", json.dumps(
-                        {"orderId": order["orderId"]}).encode(), shopper)]
-        s = world.settings
+                    Responder(nc, process.pid, "atlantic.orders.get", order_get, shopper)]
+        s = world.settings  # the one process's
+        signed_in_raw = _ceiling(stack, "signed-in-responder", s.nats_url, s.redis_url,
+                                 s.redis_prefix, s.postgres_dsn)
+        raw_signed_in = [Responder(nc, signed_in_raw, "bench.raw.users.me", b"", shopper),
+                         Responder(nc, signed_in_raw, "bench.raw.orders.get", order_get, shopper)]
         echo = Responder(nc, _ceiling(stack, "echo-responder", s.nats_url, "bench.raw.echo"),
                          "bench.raw.echo", get)
         raw = Responder(nc, _ceiling(stack, "responder", s.nats_url, s.redis_url,
@@ -229,16 +234,23 @@ async def request_reply(base: Settings, sizes: Sizes, rss: dict[str, float]) -> 
                                 "flight (median of the rounds' ratios)",
                                 f"{share:.2f} of the catalog alone's req/s", "", "≥ 0.8",
                                 miss(share, 0.8)))
-        await interleaved([*quotes.values(), create, *signed_in], 1, seconds)
+        await interleaved([*quotes.values(), create, *signed_in, *raw_signed_in, echo], 1,
+                          seconds)
+        floor = echo.median()
         for layout, responder in quotes.items():
             rows.append(Row(f"request-reply catalog.quote, {layout}, 1 in flight",
                             responder.median().describe()))
         rows.append(Row("request-reply orders.create, one process, 1 in flight (CPU: the "
                         "whole process, the saga each order sets off included)",
                         create.median().describe()))
-        for responder in signed_in:
-            rows.append(Row(f"request-reply {responder.subject.removeprefix('atlantic.')}, one "
-                            "process, 1 in flight", responder.median().describe()))
+        for responder, raw_read in zip(signed_in, raw_signed_in, strict=True):
+            got, read = responder.median(), raw_read.median()
+            rows.append(Row(
+                f"request-reply {responder.subject.removeprefix('atlantic.')}, one process, "
+                "1 in flight", got.describe(),
+                f"raw session and PostgreSQL read {read.describe()}; echo {floor.describe()}; "
+                f"ratio to the raw read {got.rate / read.rate:.2f}, to echo "
+                f"{got.rate / floor.rate:.2f}"))
         return rows
 
 
