@@ -26,7 +26,8 @@ sent in the order it sent it, so a process gets the invalidation before any requ
 someone who saw the change, and asyncio runs the invalidation's callback before that request's.
 A copy is only taken from a Redis read during which no invalidation arrived, so no copy
 outlives the entry it was read from. After a reconnect (invalidations may have been missed while
-away) every copy is dropped; `local_seconds` bounds what anything else could leave behind.
+away) every copy is dropped; `local_seconds` bounds what anything else could leave behind. A
+process whose NATS user may not publish and receive invalidations keeps no copies at all.
 """
 
 import asyncio
@@ -68,12 +69,30 @@ class ProductCache:
         self._reconnects = 0  # the connection's reconnects when the copies were taken
         self._drops = 0  # invalidations seen: a copy read across one is not kept
 
-    async def share(self, nc: NATS) -> None:
-        """Keeps copies in this process, dropped whenever any catalog process invalidates."""
-        self._peers, self._reconnects = nc, nc.stats["reconnects"]
+    async def share(self, nc: NATS, *, within: float = 2.0) -> bool:
+        """Keeps copies in this process, dropped whenever any catalog process invalidates.
+        Only once a message of its own came back: a connection that may not publish or receive
+        invalidations (a NATS user without the permission) keeps no copies (False)."""
+        heard = asyncio.Event()
+
+        async def on_message(msg: Msg) -> None:
+            heard.set()
+            await self._invalidated(msg)
+
         # Unbounded: nats-py drops a subscription's messages past its pending limits.
-        await nc.subscribe(CACHE_INVALIDATIONS, cb=self._invalidated, pending_msgs_limit=0,
-                           pending_bytes_limit=0)
+        subscription = await nc.subscribe(CACHE_INVALIDATIONS, cb=on_message,
+                                          pending_msgs_limit=0, pending_bytes_limit=0)
+        await nc.publish(CACHE_INVALIDATIONS, b"[]")
+        try:
+            async with asyncio.timeout(within):
+                await heard.wait()
+        except TimeoutError:
+            log.error("invalidations do not reach this process over NATS (may its user publish"
+                      " and subscribe to %s?): no copies kept here", CACHE_INVALIDATIONS)
+            await subscription.unsubscribe()
+            return False
+        self._peers, self._reconnects = nc, nc.stats["reconnects"]
+        return True
 
     def _key(self, product_id: str) -> str:
         return f"{self._prefix}catalog:product:{product_id}"

@@ -13,6 +13,7 @@ import nats.errors
 import pytest
 from nats.js.api import ConsumerConfig
 from nats.js.errors import BadRequestError, NotFoundError
+from redis.asyncio import Redis
 
 from contracts.catalog import CACHE_INVALIDATIONS
 from contracts.events import STREAM
@@ -23,6 +24,7 @@ from runtime.consumers import consumer_config
 from runtime.settings import Settings
 from runtime.streams import MAX_CONSUMER_ACK_PENDING, ensure_stream
 from runtime.tools.services import NatsServer, free_port
+from storage.cache import ProductCache
 
 SETS = tuple(HANDLER_SETS)
 ANSWERING = tuple(name for name in SETS if HANDLER_SETS[name].endpoints)  # not web: HTTP only
@@ -424,3 +426,17 @@ async def test_nobody_creates_a_consumer_of_their_own_choosing(bus, user):
     finally:
         await me.close()
         await operator.close()
+
+
+@pytest.mark.parametrize("user", ["catalog", "orders", "client"])
+async def test_only_the_catalog_keeps_product_copies(bus, user):
+    """Copies need the invalidations of every catalog process: a user that may not publish and
+    receive them keeps none, rather than copies nothing would drop."""
+    me = await Session.open(bus, user)
+    try:
+        cache = ProductCache(Redis.from_url(Settings().redis_url), "t:", ttl_seconds=60)
+        shared = await cache.share(me.nc, within=1)
+    finally:
+        await me.close()
+
+    assert shared is (user == "catalog")
