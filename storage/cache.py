@@ -4,7 +4,10 @@ truth: when it cannot be reached every read is a miss, so readers fall through t
 Never stale: an invalidation that fails (Redis down) is remembered and retried before this
 process reads from the cache again, and until it succeeds those products are not served from
 or written to the cache. Entries also expire after a short TTL, which bounds what another
-process could see if this one died before Redis came back.
+process could see if this one died before Redis came back. A miss fills the cache only if no
+invalidation came between its read of PostgreSQL and its write to Redis, in any process: each
+invalidation moves the product's version on in Redis, and a fill is written only while the
+version is the one its caller read before reading the product (`version`, then `put`).
 
 An entry is the product's reply as encoded JSON, so a hit can be sent as stored (`stored`).
 Reads go to Redis in batches, one MGET at a time: a read that finds none on its way starts one
@@ -45,6 +48,21 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from contracts.catalog import CACHE_INVALIDATIONS, Product
 
 log = logging.getLogger("atlantic.cache")
+
+# Each product's entry deleted and its version moved on, in one round trip.
+_INVALIDATE = """
+for i = 1, #KEYS, 2 do
+  redis.call('DEL', KEYS[i])
+  redis.call('INCR', KEYS[i + 1])
+  redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
+end
+"""
+# The entry written only if the version is still the one read before the product was.
+_FILL = """
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
 
 LOOKUPS = Counter("atlantic_cache_lookups", "Product cache reads, by result: hit, or miss (not"
                   " there, or Redis away or slow)", ["cache", "result"])
@@ -96,6 +114,9 @@ class ProductCache:
 
     def _key(self, product_id: str) -> str:
         return f"{self._prefix}catalog:product:{product_id}"
+
+    def _version_key(self, product_id: str) -> str:
+        return f"{self._prefix}catalog:product-version:{product_id}"
 
     async def stored(self, product_id: str) -> bytes | None:
         """The product's reply JSON as cached, or None on a miss (or with Redis away)."""
@@ -194,13 +215,27 @@ class ProductCache:
             if not reply.done():  # its request may have been cancelled meanwhile
                 reply.set_result(value)
 
-    async def put(self, product: Product) -> None:
-        if product.product_id in self._pending:
+    async def version(self, product_id: str) -> str | None:
+        """The product's version in the cache, to read after a miss and before the product
+        itself, and to hand to `put`; None when Redis cannot say."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                found = await self._redis.get(self._version_key(product_id))
+        except (RedisError, TimeoutError) as exc:
+            log.warning("product cache unavailable, not caching: %s", exc)
+            return None
+        return found.decode() if found else ""
+
+    async def put(self, product: Product, version: str | None) -> None:
+        """Caches the product read after `version`, unless it has been invalidated since."""
+        if version is None or product.product_id in self._pending:
             return
         try:
             async with asyncio.timeout(self._timeout):
-                await self._redis.set(self._key(product.product_id), product.model_dump_json(),
-                                      ex=self._ttl)
+                await self._redis.eval(
+                    _FILL, 2, self._key(product.product_id),
+                    self._version_key(product.product_id), version,
+                    product.model_dump_json(), self._ttl)
         except (RedisError, TimeoutError) as exc:
             log.warning("product cache unavailable, not caching: %s", exc)
 
@@ -226,7 +261,10 @@ class ProductCache:
         pending = list(self._pending)
         try:
             async with asyncio.timeout(self._timeout):
-                await self._redis.delete(*(self._key(p) for p in pending))
+                await self._redis.eval(
+                    _INVALIDATE, 2 * len(pending),
+                    *(key for p in pending for key in (self._key(p), self._version_key(p))),
+                    self._ttl)
         except (RedisError, TimeoutError) as exc:
             log.warning("product cache invalidation of %d products failed, will retry: %s",
                         len(pending), exc)

@@ -1,5 +1,6 @@
-"""Each catalog process's own copies of cached replies (storage.cache, `share`), on real NATS
-and Redis: two caches, as two catalog processes hold them, each on its own connection.
+"""The product cache across catalog processes (storage.cache), on real NATS and Redis: two
+caches, as two catalog processes hold them, each on its own connection. Their own copies of
+cached replies (`share`), and a miss's fill that a change in another process crossed.
 
 A stand-in catalog answers gets through one cache or the other (cache, else its "table", which
 it then caches in Redis) and changes a product through either (the table, then `invalidate`,
@@ -10,6 +11,8 @@ holds a read open where an invalidation must cross it.
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import nats
@@ -18,6 +21,7 @@ from redis.asyncio import Redis
 from support import RUN_ID, eventually
 from test_cache import SlowRedis
 
+from contracts.catalog import Product
 from runtime.tools.services import NatsServer, free_port
 from storage.cache import ProductCache
 
@@ -176,3 +180,32 @@ async def test_after_a_reconnect_no_copy_from_before_is_served(tmp_path: Path, r
 
 async def _reconnected(*connections: nats.NATS) -> bool:
     return all(nc.is_connected and nc.stats["reconnects"] for nc in connections)
+
+
+def product(product_id: str, price: str) -> Product:
+    now = datetime.now(UTC)
+    return Product(product_id=product_id, sku="SKU-1", name="Tea", description="",
+                   price=Decimal(price), category="drinks", active=True, available=3,
+                   created_at=now, updated_at=now)
+
+
+async def test_a_miss_that_a_change_elsewhere_crossed_is_not_cached(nats_server, redis):
+    reader, writer = [await Catalog.start(nats_server.url, redis) for _ in range(2)]
+    product_id = f"p-{next(_names)}"
+    try:
+        assert await reader.cache.stored(product_id) is None
+        version = await reader.cache.version(product_id)
+        # The reader reads the row from PostgreSQL here; meanwhile another process commits a
+        # change and invalidates, and only then does the reader's fill reach Redis.
+        await writer.cache.invalidate(product_id)
+        await reader.cache.put(product(product_id, "1.00"), version)
+
+        assert await writer.cache.stored(product_id) is None  # the old row was kept out
+
+        fresh = product(product_id, "2.00")
+        version = await reader.cache.version(product_id)  # a miss nothing crossed is cached
+        await reader.cache.put(fresh, version)
+        assert await writer.cache.stored(product_id) == fresh.model_dump_json().encode()
+    finally:
+        await reader.close()
+        await writer.close()

@@ -59,12 +59,14 @@ async def get_product(req: GetProduct, pool: Pool, cache: Cache) -> Product:
     if (hit := await cache.stored(req.product_id)) is not None:
         # The Product's JSON as encoded when it was cached: sent without decoding it again.
         return StoredReply(hit)  # type: ignore[return-value]
+    # Read before the product: a change committed meanwhile keeps this read out of the cache.
+    version = await cache.version(req.product_id)
     # A connection only on a miss: a hit then costs no pool wait and no reset round trip.
     async with pool.acquire() as db:
         product = await catalog_db.product(db, req.product_id)
     if product is None:
         raise NotFound("product", req.product_id)
-    await cache.put(product)
+    await cache.put(product, version)
     return product
 
 
