@@ -27,6 +27,9 @@ process on NATS (CACHE_INVALIDATIONS), then replies to its caller or publishes w
 led to. Each process drops its copy on the message. A NATS server delivers what one connection
 sent in the order it sent it, so a process gets the invalidation before any request sent by
 someone who saw the change, and asyncio runs the invalidation's callback before that request's.
+On a NATS cluster that holds when the writer, or the one who saw the change, shares a server
+with the reader; otherwise the invalidation and the request take different routes, and the
+request could in principle overtake it by less than a round trip between servers.
 A copy is only taken from a Redis read during which no invalidation arrived, so no copy
 outlives the entry it was read from. After a reconnect (invalidations may have been missed while
 away) every copy is dropped; `local_seconds` bounds what anything else could leave behind. A
