@@ -399,16 +399,15 @@ class AnalyticsStore:
     # product on its own, so the final merge sees a few rows per product.
     _NO_LEVEL = ("argMaxIfState(CAST(NULL AS Nullable(Int64)),"
                  " (toDateTime64(0, 3, 'UTC'), ''), toUInt8(0))")
-    _LEVEL_EVENTS = "event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')"
     _LATEST_LEVELS = "SELECT product_id, on_hand, available FROM {db}.stock_latest"
     _LEVELS_AT_END = (
         f"SELECT product_id, on_hand, available FROM {{db}}.stock_levels"
         f" WHERE day < toDate({{end:{T}}})"
         " UNION ALL"  # the levels reported on the day of `end`, up to `end`
         " SELECT product_id,"
-        "  argMaxIfState(on_hand, (timestamp, event_id), on_hand IS NOT NULL),"
-        "  argMaxIfState(available, (timestamp, event_id), available IS NOT NULL)"
-        f" FROM {{db}}.events WHERE {_LEVEL_EVENTS}"
+        f"  {schema.LEVEL_STATES[0]},"
+        f"  {schema.LEVEL_STATES[1]}"
+        f" FROM {{db}}.events WHERE {schema.LEVEL_EVENTS}"
         f"  AND timestamp >= toStartOfDay({{end:{T}}}) AND timestamp < {{end:{T}}}"
         " GROUP BY product_id")
     _DAYS = f"toStartOfDay(timestamp) >= {{d0:{T}}} AND toStartOfDay(timestamp) < {{d1:{T}}}"

@@ -89,6 +89,10 @@ WHERE event = 'OrderCreated'
 # The latest stock level per product and day, as argMax states: a level as of any moment is the
 # merge of the whole days before it and the raw events of its own day.
 LEVEL = "argMaxIf, Nullable(Int64), Tuple(DateTime64(3, 'UTC'), String), UInt8"
+# The events that report a level, and the states of the levels they report.
+LEVEL_EVENTS = "event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')"
+LEVEL_STATES = ("argMaxIfState(on_hand, (timestamp, event_id), on_hand IS NOT NULL)",
+                "argMaxIfState(available, (timestamp, event_id), available IS NOT NULL)")
 STOCK_LEVELS = Derived("stock_levels", f"""
 CREATE TABLE IF NOT EXISTS {{db}}.stock_levels (
     product_id String,
@@ -97,11 +101,11 @@ CREATE TABLE IF NOT EXISTS {{db}}.stock_levels (
     available AggregateFunction({LEVEL})
 ) ENGINE = AggregatingMergeTree
 ORDER BY (product_id, day)
-""", """
+""", f"""
 SELECT product_id, toDate(timestamp) AS day,
-       argMaxIfState(on_hand, (timestamp, event_id), on_hand IS NOT NULL) AS on_hand,
-       argMaxIfState(available, (timestamp, event_id), available IS NOT NULL) AS available
-FROM {events} WHERE event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')
+       {LEVEL_STATES[0]} AS on_hand,
+       {LEVEL_STATES[1]} AS available
+FROM {{events}} WHERE {LEVEL_EVENTS}
 GROUP BY product_id, day
 """, ttl="day")
 
@@ -222,12 +226,12 @@ CREATE TABLE IF NOT EXISTS {{db}}.stock_latest (
     reported SimpleAggregateFunction(max, DateTime64(3, 'UTC'))
 ) ENGINE = AggregatingMergeTree
 ORDER BY product_id
-""", """
+""", f"""
 SELECT product_id,
-       argMaxIfState(on_hand, (timestamp, event_id), on_hand IS NOT NULL) AS on_hand,
-       argMaxIfState(available, (timestamp, event_id), available IS NOT NULL) AS available,
+       {LEVEL_STATES[0]} AS on_hand,
+       {LEVEL_STATES[1]} AS available,
        max(timestamp) AS reported
-FROM {events} WHERE event IN ('ProductCreated', 'InventoryAdjusted', 'InventoryLow')
+FROM {{events}} WHERE {LEVEL_EVENTS}
 GROUP BY product_id
 """, ttl="toDateTime(reported)")
 
