@@ -29,9 +29,11 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import nats
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from redis.asyncio import Redis
 
@@ -42,7 +44,7 @@ from runtime.settings import Settings
 from storage import orders
 from storage import users as accounts
 from storage.cache import ProductCache
-from storage.sessions import Sessions
+from storage.sessions import SessionInfo, Sessions
 
 
 async def echo_responder(nats_url: str, subject: str) -> None:
@@ -56,22 +58,29 @@ async def echo_responder(nats_url: str, subject: str) -> None:
     await asyncio.Event().wait()
 
 
+_serving: set[asyncio.Task] = set()
+
+
+def in_tasks(answer: Callable[[Msg], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
+    """A subscription callback answering each request on a task of its own, as the runtime
+    serves them: one Redis or PostgreSQL wait would otherwise serialise them all."""
+    async def handle(msg: Msg) -> None:
+        task = asyncio.create_task(answer(msg))
+        _serving.add(task)
+        task.add_done_callback(_serving.discard)
+    return handle
+
+
 async def responder(nats_url: str, redis_url: str, prefix: str, subject: str) -> None:
     nc = await nats.connect(nats_url)
     cache = ProductCache(Redis.from_url(redis_url), prefix, ttl_seconds=3600)
-    tasks: set[asyncio.Task] = set()
 
     async def answer(msg) -> None:
         req = GetProduct.model_validate_json(msg.data)
         product = await cache.product(req.product_id)
         await msg.respond(product.model_dump_json().encode())
 
-    async def handle(msg) -> None:  # a task per request, or one Redis wait serialises them all
-        task = asyncio.create_task(answer(msg))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    await nc.subscribe(subject, queue="raw", cb=handle)
+    await nc.subscribe(subject, queue="raw", cb=in_tasks(answer))
     print("ready", flush=True)
     await asyncio.Event().wait()
 
@@ -83,29 +92,23 @@ async def signed_in_responder(nats_url: str, redis_url: str, prefix: str, dsn: s
                         idle_seconds=settings.session_idle_seconds,
                         absolute_seconds=settings.session_absolute_seconds)
     pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4)
-    tasks: set[asyncio.Task] = set()
+
+    async def session_of(msg: Msg) -> SessionInfo:
+        return await sessions.resolve(msg.headers["Authorization"].removeprefix("Bearer "))
 
     async def me(msg) -> None:
-        session = await sessions.resolve(msg.headers["Authorization"].removeprefix("Bearer "))
-        user = await accounts.account(pool, session.user_id)
+        user = await accounts.account(pool, (await session_of(msg)).user_id)
         await msg.respond(user.model_dump_json().encode())
 
     async def order(msg) -> None:
         req = GetOrder.model_validate_json(msg.data)
-        session = await sessions.resolve(msg.headers["Authorization"].removeprefix("Bearer "))
+        session = await session_of(msg)
         found = await orders.view(pool, req.order_id)
         assert found.customer_id == session.user_id
         await msg.respond(found.model_dump_json().encode())
 
-    def serve(answer):
-        async def handle(msg) -> None:  # a task per request, as the runtime serves them
-            task = asyncio.create_task(answer(msg))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        return handle
-
-    await nc.subscribe("bench.raw.users.me", queue="raw", cb=serve(me))
-    await nc.subscribe("bench.raw.orders.get", queue="raw", cb=serve(order))
+    await nc.subscribe("bench.raw.users.me", queue="raw", cb=in_tasks(me))
+    await nc.subscribe("bench.raw.orders.get", queue="raw", cb=in_tasks(order))
     print("ready", flush=True)
     await asyncio.Event().wait()
 
