@@ -110,7 +110,7 @@ def batch_scope(tracer: Tracer, consumer: str, msgs: Sequence[Msg]) -> Iterator[
             p is not None and p[3:35] == first[3:35] for p in parents)
         span = tracer.start_span(
             f"{consumer} process", kind=SpanKind.CONSUMER,
-            context=_propagator.extract({TRACEPARENT: first}) if shared else Context())
+            context=extract(msgs[0].headers) if shared else Context())
         if span.is_recording():
             subjects = {m.subject for m in msgs}
             span.set_attributes(messaging(
