@@ -247,10 +247,12 @@ class ProductCache:
         or publishing anything that tells of the change."""
         self._pending.update(product_ids)
         await self.retry_invalidations()
+        if not product_ids:  # a sweep that changed nothing: only the retry above
+            return
         # This process's copies once Redis's entries are gone: a copy read meanwhile goes too.
         self._drop(list(product_ids))
         # Then the other processes: one that drops its copy must find Redis's entry gone too.
-        if self._peers is not None and product_ids:
+        if self._peers is not None:
             try:
                 await self._peers.publish(CACHE_INVALIDATIONS, json.dumps(product_ids).encode())
             except Exception as exc:  # closed: its copies expire within local_seconds
