@@ -178,8 +178,10 @@ class ProductCache:
         try:
             product_ids = json.loads(msg.data)
         except ValueError:
-            product_ids = None  # not ours to read: every copy goes
-        self._drop(product_ids if isinstance(product_ids, list) else None)
+            product_ids = None
+        if not (isinstance(product_ids, list) and all(isinstance(p, str) for p in product_ids)):
+            product_ids = None  # not a list of ids: every copy goes
+        self._drop(product_ids)
 
     async def product(self, product_id: str) -> Product | None:
         cached = await self.stored(product_id)

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from support import RUN_ID, eventually
 from test_cache import SlowRedis
 
-from contracts.catalog import Product
+from contracts.catalog import CACHE_INVALIDATIONS, Product
 from runtime.tools.services import NatsServer, free_port
 from storage.cache import ProductCache
 
@@ -46,7 +46,14 @@ class Catalog:
         catalog = cls(nc, cache, f"test.{RUN_ID}.copies.{next(_names)}")
         await nc.subscribe(f"{catalog.name}.get", cb=catalog._get)
         await nc.subscribe(f"{catalog.name}.change", cb=catalog._change)
+        # Answered only once the server has taken the subscriptions sent before it (nc.flush
+        # writes its PING ahead of commands still buffered): nobody then asks too early.
+        await nc.subscribe(f"{catalog.name}.ready", cb=catalog._ready)
+        await nc.request(f"{catalog.name}.ready", timeout=5)
         return catalog
+
+    async def _ready(self, msg) -> None:
+        await msg.respond(b"")
 
     async def _get(self, msg) -> None:
         product_id = msg.data.decode()
@@ -170,6 +177,7 @@ async def test_after_a_reconnect_no_copy_from_before_is_served(tmp_path: Path, r
         await redis.set(catalog.cache._key(product_id), b"meanwhile")
         server.start()
         await eventually(lambda: _reconnected(catalog.nc, own_caller))
+        await catalog.nc.request(f"{catalog.name}.ready", timeout=5)  # resubscribed
 
         assert await get(own_caller, catalog, product_id) == b"meanwhile"
     finally:
@@ -209,3 +217,21 @@ async def test_a_miss_that_a_change_elsewhere_crossed_is_not_cached(nats_server,
     finally:
         await reader.close()
         await writer.close()
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"productIds": ["x"]}', b'[{"id": "x"}]'])
+async def test_an_invalidation_it_cannot_read_drops_every_copy(nats_server, redis, caller, body):
+    catalog = await Catalog.start(nats_server.url, redis)
+    product_id = f"p-{next(_names)}"
+    Catalog.table[product_id] = b"before"
+    try:
+        await get(caller, catalog, product_id)
+        assert await get(caller, catalog, product_id) == b"before"  # copied
+        await redis.set(catalog.cache._key(product_id), b"after")
+
+        await caller.publish(CACHE_INVALIDATIONS, body)
+        await caller.flush()  # the server has routed it, ahead of the request below
+
+        assert await get(caller, catalog, product_id) == b"after"
+    finally:
+        await catalog.close()
