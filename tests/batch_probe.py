@@ -33,15 +33,21 @@ class Ping(Wire):
     poison: bool = False
     after: int | None = None  # applied only once this ping is
     crash: bool = False  # the process dies right after the ping's batch commits
+    hold: bool = False  # its batch waits for `released` before it writes
 
 
 probe = HandlerSet("probe-batches", "pings for the batch tests", outbox_schema=SCHEMA)
 batches: list[list[int]] = []  # the pings of every batch handed to the handler, in order
+handed: list[float] = []  # when each of them was handed over (the event loop's clock)
+released = asyncio.Event()  # lets a batch holding a `hold` ping go on
 
 
 @probe.event(SUBJECT, durable=DURABLE, max_deliver=3, backoff=(0.1, 0.1))
 async def apply_pings(batch: EventBatch[Ping]) -> None:
     batches.append([p.n for p in batch.events])
+    handed.append(asyncio.get_running_loop().time())
+    if any(p.hold for p in batch.events):
+        await released.wait()
     applied = {r["n"] for r in await batch.db.fetch(
         f"SELECT n FROM {SCHEMA}.applied WHERE n = ANY($1::int[])",
         [p.after for p in batch.events if p.after is not None])}

@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from batch_probe import DURABLE, SCHEMA, SUBJECT, TABLES, Ping, batches, probe
+from batch_probe import DURABLE, SCHEMA, SUBJECT, TABLES, Ping, batches, handed, probe, released
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from support import cli_env, eventually, world_of_its_own
@@ -171,6 +171,45 @@ async def test_a_consumer_killed_between_commit_and_acks_applies_its_batch_once(
     assert killed.num_ack_pending == 3  # ...and none of it was acked
     assert info.delivered.consumer_seq == killed.delivered.consumer_seq + 3  # all came back
     assert await applied(world, range(401, 404)) == {401: 1, 402: 1, 403: 1}
+
+
+async def test_events_that_waited_through_the_last_batch_are_not_held_for_a_linger_again(
+        settings, monkeypatch):
+    """The linger runs from a batch's oldest event: one that came while the last batch was
+    applied has waited its part already, and is handed over as soon as that batch is done."""
+    linger = 2.0
+    async with world_of_its_own(settings, "linger", event_batch_linger_seconds=linger,
+                                event_ack_wait_seconds=30.0) as world:
+        monkeypatch.setitem(HANDLER_SETS, probe.name, probe)
+        await world.db.execute(TABLES)
+        await ensure_stream(js(world), world.settings)
+        for n in range(501, 521):  # a busy consumer: it lingers for company
+            await publish(world, ping(n, hold=(n == 501)))
+        batches.clear(), handed.clear(), released.clear()
+
+        async with build_app(world.settings, [probe.name]):
+            await eventually(lambda: _handed(1))  # held while the next ping comes
+            await publish(world, ping(521))
+            await eventually(lambda: _delivered(world, 21))
+            await asyncio.sleep(linger)  # the part of a linger ping 521 waits while held
+            released.set()
+            release = asyncio.get_running_loop().time()
+            await eventually(lambda: _handed(2))
+            counts = await eventually(lambda: _when(applied(world, range(501, 522)), size=21))
+
+    assert batches == [list(range(501, 521)), [521]]
+    assert counts == {n: 1 for n in range(501, 522)}
+    # Lingered again after the release, ping 521 would have been handed over `linger` later.
+    assert handed[1] - release < linger / 2
+
+
+async def _handed(n: int) -> bool:
+    return len(handed) >= n
+
+
+async def _delivered(world: World, n: int) -> bool:
+    """The consumer holds n events (handed out to it, none acked)."""
+    return (await js(world).consumer_info(STREAM, DURABLE)).num_ack_pending == n
 
 
 async def _all_acked(world: World):
