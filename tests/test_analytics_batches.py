@@ -3,6 +3,7 @@ event has waited since it was published; what a closed batch leaves behind goes 
 one; and the consumer always runs with the current settings."""
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from contracts.events import STREAM
 from handlers.analytics.ingest import Batch, Ingest
 from runtime.streams import ensure_stream
 from runtime.tools.services import NatsServer, free_port
+from storage.analytics.rows import Malformed, row
 
 # --- when a batch closes (no servers) --------------------------------------------------------
 
@@ -71,6 +73,38 @@ def test_a_malformed_message_is_kept_apart_from_the_rows():
     assert len(batch) == 2
     assert len(batch.rows) == 1
     assert "not valid JSON" in batch.malformed[0][1]
+
+
+def _order_created(**changes) -> bytes:
+    body = json.loads(an_order())
+    body.update(changes)
+    return json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (_order_created(eventId=None), "eventId and timestamp are required"),
+    (_order_created(eventId=""), "eventId and timestamp are required"),
+    (_order_created(timestamp=None), "eventId and timestamp are required"),
+    (_order_created(timestamp="2026-12-01T10:00:00"), "no time zone"),
+    (_order_created(items=[]), "OrderCreated"),
+    (_order_created(event=7), "Event"),
+])
+def test_a_message_that_cannot_become_a_row_says_why(body: bytes, why: str):
+    with pytest.raises(Malformed, match=why):
+        row(body, subject="atlantic.events.order.created", stream_seq=1,
+            published_at=datetime.now(UTC))
+
+
+def test_an_unknown_event_with_a_sound_envelope_is_kept_whole():
+    body = _order_created(event="OrderGiftWrapped", wrapping="gold")
+
+    kept = row(body, subject="atlantic.events.order.gift_wrapped", stream_seq=1,
+               published_at=datetime.now(UTC))
+
+    assert kept["event"] == "OrderGiftWrapped" and kept["raw"] == body.decode()
+    assert kept["order_id"] == "" and kept["items"] == []  # its body is not known yet
 
 
 # --- against NATS and chDB -------------------------------------------------------------------
