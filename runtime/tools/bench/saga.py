@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import asyncpg
 import nats
@@ -76,6 +77,12 @@ SETTLE = 30.0  # seconds after its step's last send by which an order must be RE
 DRAIN = 180.0  # seconds a step's backlog may take to drain before its CPU is read
 PAUSE = 0.01  # seconds: a PostgreSQL round trip is also timed after this long a pause
 NATS_SERVER = "nats-server"  # read beside the Atlantic processes, not counted in their total
+POSTGRES = "PostgreSQL"  # the world database's backends: read beside them too, where local
+SERVERS = (NATS_SERVER, POSTGRES)
+LOCAL_HOSTS = {None, "", "127.0.0.1", "localhost", "::1"}  # None: a Unix socket
+BACKENDS = """
+    SELECT pid FROM pg_stat_activity
+     WHERE datname = current_database() AND pid <> pg_backend_pid()"""
 CREATE = "atlantic.orders.create"
 RESERVED_EVENT = "atlantic.events.order.inventory_reserved"
 PASSWORD = "bench-shopper-pass"
@@ -135,7 +142,7 @@ class Step:
 
     @property
     def total_cpu_per_order(self) -> float:
-        return sum(v for p, v in self.cpu.items() if p != NATS_SERVER) / self.orders
+        return sum(v for p, v in self.cpu.items() if p not in SERVERS) / self.orders
 
     def loop_cpu_per_order(self, process: str) -> float:
         return self.loop_cpu[process] / self.orders
@@ -181,6 +188,7 @@ class Shop:
         self.js = world.operator.nc.jetstream()
         self.processes = {name: psutil.Process(p.pid) for name, p in world.processes.items()}
         self.processes[NATS_SERVER] = psutil.Process(world.nats.process.pid)
+        self.backends: dict[int, tuple[psutil.Process, float]] = {}  # pid → its last reading
         self.tokens: list[str] = []
         self.products: list[str] = []
 
@@ -188,16 +196,29 @@ class Shop:
         self.products = [await _product(self.nc, self.world) for _ in range(products)]
         self.tokens = [await _shopper(self.nc, n) for n in range(shoppers)]
 
-    def cpu(self) -> dict[str, tuple[float, float]]:
+    async def cpu(self) -> dict[str, tuple[float, float]]:
         """CPU seconds (user + system) each process has used so far: all its threads, and its
         main thread alone (the event loop: Python and its syscalls; the rest is native threads,
-        chDB's above all)."""
-        readings = {}
+        chDB's above all). PostgreSQL's is that of the backends serving the world's database
+        (the bench's own connection aside), when they run on this machine."""
+        readings = {POSTGRES: (await self._postgres_cpu(), 0.0)}
         for name, process in self.processes.items():
             main = next((t for t in process.threads() if t.id == process.pid), None)
             readings[name] = (sum(process.cpu_times()[:2]),
                               main.user_time + main.system_time if main else 0.0)
         return readings
+
+    async def _postgres_cpu(self) -> float:
+        """What the database's backends have used, each up to when it was last seen: a
+        connection opened meanwhile counts from its start, one closed keeps what it had used."""
+        if urlsplit(self.world.settings.postgres_dsn).hostname not in LOCAL_HOSTS:
+            return 0.0
+        for r in await self.db.fetch(BACKENDS):
+            with contextlib.suppress(psutil.Error):
+                process = self.backends.get(r["pid"], (psutil.Process(r["pid"]), 0.0))[0]
+                if process.name().startswith("postgres"):
+                    self.backends[r["pid"]] = (process, sum(process.cpu_times()[:2]))
+        return sum(used for _, used in self.backends.values())
 
     async def delivered(self) -> dict[str, int]:
         """Deliveries so far of every durable consumer on the stream (redeliveries included)."""
@@ -205,9 +226,9 @@ class Shop:
 
     async def idle(self, seconds: float) -> dict[str, float]:
         """CPU seconds per second of each process over a quiet interval."""
-        before = self.cpu()
+        before = await self.cpu()
         await asyncio.sleep(seconds)  # the interval measured, not a wait for an outcome
-        after = self.cpu()
+        after = await self.cpu()
         return {name: (after[name][0] - before[name][0]) / seconds for name in after}
 
     async def place(self, n: int, key: str) -> str | None:
@@ -225,7 +246,7 @@ class Shop:
 
     async def open_loop(self, rate: float, seconds: float) -> Step:
         loop = asyncio.get_running_loop()
-        cpu, deliveries = self.cpu(), await self.delivered()
+        cpu, deliveries = await self.cpu(), await self.delivered()
         t0 = loop.time() + 0.1
         wall0 = time.time() + (t0 - loop.time())  # t0 on the clock PostgreSQL stamps with
         intended = {new_id(): offset for offset in schedule(rate, seconds)}
@@ -241,7 +262,7 @@ class Shop:
         """`callers` shoppers, each placing its next order once the last is reserved (seen on
         the catalog's InventoryReserved event; timed, like every order, by orders.history)."""
         loop = asyncio.get_running_loop()
-        cpu, deliveries = self.cpu(), await self.delivered()
+        cpu, deliveries = await self.cpu(), await self.delivered()
         reserved: dict[str, asyncio.Future] = {}
 
         async def on_reserved(msg) -> None:
@@ -278,14 +299,14 @@ class Shop:
         settle_by = time.monotonic() + max(sent.values()) + SETTLE - time.time()
         reserved = await self._reserved(list(sent), settle_by)
         drained = await self._drained(time.monotonic() + DRAIN)
-        cpu_after, deliveries_after = self.cpu(), await self.delivered()
+        cpu_after, deliveries_after = await self.cpu(), await self.delivered()
         return Step(
             rate, len(sent), [at - sent[key] for key, at in reserved.items()],
             max(reserved.values(), default=0) - min(sent.values()),
             {p: cpu_after[p][0] - cpu[p][0] for p in cpu},
             {c: n - deliveries.get(c, 0) for c, n in deliveries_after.items()},
             refused, drained,
-            {p: cpu_after[p][1] - cpu[p][1] for p in cpu if p != NATS_SERVER})
+            {p: cpu_after[p][1] - cpu[p][1] for p in cpu if p not in SERVERS})
 
     async def _reserved(self, keys: list[str], deadline: float) -> dict[str, float]:
         """When the orders set applied RESERVED to each order placed with these keys (wall
@@ -453,11 +474,12 @@ def tables(r: Result) -> list[str]:
     steps = [(f"{s.rate:g}/s", s) for s in r.steps]
     if r.closed:
         steps.append(("closed loop", r.closed))
-    columns = [*r.processes, "total", NATS_SERVER]
+    columns = [*r.processes, "total", *SERVERS]
     cpu = [f"### order saga, {r.topology}: CPU by process", "",
            "Idle: ms of CPU per second over a quiet interval as long as a step. "
            "Load: ms of CPU per order over the step and its drain. "
-           f"{NATS_SERVER} is not an Atlantic process and is not in the total. One raw "
+           f"{NATS_SERVER} and {POSTGRES} (the backends serving the world's database) are not "
+           "Atlantic processes and are not in the total. One raw "
            f"nats-py echo round trip cost {r.echo * 1e6:.0f} µs of CPU in this world; one "
            f"PostgreSQL round trip (`SELECT 1`) {r.postgres[0] * 1e6:.0f} µs back to back and "
            f"{r.postgres[1] * 1e6:.0f} µs after a {PAUSE * 1e3:.0f} ms pause (made by a "
@@ -469,16 +491,17 @@ def tables(r: Result) -> list[str]:
     idle_total = sum(r.idle[p] for p in r.processes)
     cpu.append("| idle, ms/s | " + " | ".join(
         f"{v * 1e3:.1f}" for v in [*(r.idle[p] for p in r.processes), idle_total,
-                                   r.idle[NATS_SERVER]]) + " |")
+                                   *(r.idle[p] for p in SERVERS)]) + " |")
     for label, s in steps:
         cpu.append(f"| {label}, ms/order | " + " | ".join(
             f"{v * 1e3:.1f}" for v in [*(s.cpu_per_order(p) for p in r.processes),
-                                       s.total_cpu_per_order, s.cpu_per_order(NATS_SERVER)])
+                                       s.total_cpu_per_order,
+                                       *(s.cpu_per_order(p) for p in SERVERS)])
             + " |")
     for label, s in steps:
         cpu.append(f"| {label}, of which event loop | " + " | ".join(
             f"{v * 1e3:.1f}" for v in [*(s.loop_cpu_per_order(p) for p in r.processes),
-                                       s.total_loop_cpu_per_order]) + " | |")
+                                       s.total_loop_cpu_per_order]) + " | | |")
     consumers = sorted({c for _, s in steps for c in s.deliveries})
     deliveries = [f"### order saga, {r.topology}: deliveries per order by durable consumer", "",
                   "| | " + " | ".join([*consumers, "total"]) + " |",
