@@ -1,7 +1,7 @@
 """Payments in PostgreSQL: one row per order, with what was charged and refunded."""
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal
 
 import asyncpg
@@ -78,21 +78,39 @@ async def view(db: asyncpg.Connection, order_id: str) -> Payment | None:
     return Payment(**dict(row)) if row else None
 
 
-async def sandbox_answer(pool: asyncpg.Pool, key: str, kind: str, reference: str,
-                         customer_id: str, amount: Decimal,
-                         decline_reason: str | None) -> asyncpg.Record:
-    """The sandbox provider's ledger: the first answer given under this idempotency key. One
-    round trip, or two when a call with the same key committed while this one waited on it
-    (its row is then read afresh). The provider's own connection, outside the caller's
-    transaction."""
-    row = await pool.fetchrow(
-        "WITH first AS (INSERT INTO payments.sandbox_ledger (idempotency_key, kind, reference,"
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One call to the sandbox provider, as its ledger records it."""
+    key: str  # the caller's idempotency key
+    kind: str  # charge or refund
+    reference: str  # the provider's own id, should this be the first call under the key
+    customer_id: str
+    amount: Decimal
+    decline_reason: str | None
+
+
+async def sandbox_answers(pool: asyncpg.Pool, entries: Sequence[LedgerEntry]
+                          ) -> dict[str, asyncpg.Record]:
+    """The sandbox provider's ledger: the first answer given under each entry's idempotency
+    key, by key. One round trip for them all, or two when calls with some of the same keys
+    committed while this one waited on them (their rows are then read afresh). Written in key
+    order, so two such calls never wait on each other in a cycle. The provider's own
+    connection, outside the caller's transaction."""
+    entries = sorted(entries, key=lambda e: e.key)
+    rows = await pool.fetch(
+        "WITH asked AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+        "  $5::numeric[], $6::text[]) AS a(key, kind, reference, customer_id, amount, reason)),"
+        " first AS (INSERT INTO payments.sandbox_ledger (idempotency_key, kind, reference,"
         "  customer_id, amount, approved, decline_reason)"
-        "  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING"
-        "  RETURNING reference, approved, decline_reason)"
-        " SELECT * FROM first UNION ALL SELECT reference, approved, decline_reason"
-        " FROM payments.sandbox_ledger WHERE idempotency_key = $1",
-        key, kind, reference, customer_id, amount, decline_reason is None, decline_reason)
-    return row or await pool.fetchrow(
-        "SELECT reference, approved, decline_reason FROM payments.sandbox_ledger"
-        " WHERE idempotency_key = $1", key)
+        "  SELECT key, kind, reference, customer_id, amount, reason IS NULL, reason FROM asked"
+        "  ORDER BY key ON CONFLICT (idempotency_key) DO NOTHING"
+        "  RETURNING idempotency_key, reference, approved, decline_reason)"
+        " SELECT * FROM first UNION ALL SELECT idempotency_key, reference, approved,"
+        " decline_reason FROM payments.sandbox_ledger WHERE idempotency_key = ANY($1::text[])",
+        *([getattr(e, f.name) for e in entries] for f in fields(LedgerEntry)))
+    answers = {r["idempotency_key"]: r for r in rows}
+    if waited := sorted({e.key for e in entries} - answers.keys()):
+        answers |= {r["idempotency_key"]: r for r in await pool.fetch(
+            "SELECT idempotency_key, reference, approved, decline_reason"
+            " FROM payments.sandbox_ledger WHERE idempotency_key = ANY($1::text[])", waited)}
+    return answers

@@ -11,6 +11,7 @@ The sandbox's outcomes are deterministic and documented:
   - every other charge, and every refund, is approved.
 """
 
+import asyncio
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
@@ -38,13 +39,19 @@ class PaymentProvider(Protocol):
 
 class SandboxProvider:
     """Keeps its own ledger in PostgreSQL, outside the caller's transaction, as an outside
-    provider would: what it did stays done even when the caller rolls back."""
+    provider would: what it did stays done even when the caller rolls back.
+
+    Calls made together (a batch's charges, one per order, started at once) share one round
+    trip to the ledger: each call waits for the statement that writes every call waiting
+    when it runs."""
 
     def __init__(self, pool: asyncpg.Pool, decline_above: Decimal,
                  declined_customers: frozenset[str]):
         self._pool = pool
         self._decline_above = decline_above
         self._declined = declined_customers
+        self._waiting: list[tuple[store.LedgerEntry, asyncio.Future[asyncpg.Record]]] = []
+        self._writes: set[asyncio.Task[None]] = set()  # held, or the loop may drop one
 
     def _decide(self, customer_id: str, amount: Decimal) -> str | None:
         if amount > self._decline_above:
@@ -55,12 +62,39 @@ class SandboxProvider:
 
     async def charge(self, idempotency_key: str, customer_id: str,
                      amount: Decimal) -> ChargeResult:
-        row = await store.sandbox_answer(self._pool, idempotency_key, "charge", new_id(),
-                                         customer_id, amount, self._decide(customer_id, amount))
+        row = await self._answer(store.LedgerEntry(idempotency_key, "charge", new_id(),
+                                                   customer_id, amount,
+                                                   self._decide(customer_id, amount)))
         return ChargeResult(row["reference"], row["approved"], row["decline_reason"])
 
     async def refund(self, idempotency_key: str, payment_id: str, customer_id: str,
                      amount: Decimal) -> str:
-        row = await store.sandbox_answer(self._pool, idempotency_key, "refund", new_id(),
-                                         customer_id, amount, None)
+        row = await self._answer(store.LedgerEntry(idempotency_key, "refund", new_id(),
+                                                   customer_id, amount, None))
         return row["reference"]
+
+    async def _answer(self, entry: store.LedgerEntry) -> asyncpg.Record:
+        answer: asyncio.Future[asyncpg.Record] = asyncio.get_running_loop().create_future()
+        self._waiting.append((entry, answer))
+        if len(self._waiting) == 1:  # the first to wait sends; the others started meanwhile join
+            write = asyncio.get_running_loop().create_task(self._write())
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
+        return await answer
+
+    async def _write(self) -> None:
+        calls, self._waiting = self._waiting, []
+        try:
+            rows = await store.sandbox_answers(self._pool, [entry for entry, _ in calls])
+        except asyncio.CancelledError:
+            for _, answer in calls:
+                answer.cancel()
+            raise
+        except Exception as exc:  # each call fails with it, as it would alone
+            for _, answer in calls:
+                if not answer.done():
+                    answer.set_exception(exc)
+            return
+        for entry, answer in calls:
+            if not answer.done():  # a caller that gave up (cancelled) wants no answer
+                answer.set_result(rows[entry.key])
