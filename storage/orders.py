@@ -156,10 +156,6 @@ async def set_status(db: asyncpg.Connection, order_id: str, status: OrderStatus,
         order_id, status, note)
 
 
-
-
-
-
 async def view(db: asyncpg.Connection | asyncpg.Pool, order_id: str) -> Order | None:
     """The order with its lines and history, in one statement (one round trip, one snapshot)."""
     row = await db.fetchrow(
