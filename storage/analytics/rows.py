@@ -33,11 +33,11 @@ _REQUIRED = frozenset({"event_id", "timestamp"})  # they have defaults: here the
 
 def _envelope(body: bytes) -> Event:
     try:
-        event = _KNOWN.validate_json(body)
+        event: Event | None = _KNOWN.validate_json(body)
     except ValidationError:
-        return _checked(body)  # an unknown event, or a malformed one: says which
-    if not (_REQUIRED <= event.model_fields_set and event.event_id):
-        return _checked(body)
+        event = None
+    if event is None or not (_REQUIRED <= event.model_fields_set and event.event_id):
+        event = _checked(body)  # an unknown event, or a malformed one: says which
     if event.timestamp.tzinfo is None:
         raise Malformed("the timestamp has no time zone")
     return event
@@ -58,8 +58,6 @@ def _checked(body: bytes) -> Event:
         event = model.model_validate_json(body)
     except ValidationError as exc:
         raise Malformed(f"{model.__name__}: {exc}") from None
-    if event.timestamp.tzinfo is None:
-        raise Malformed("the timestamp has no time zone")
     return event
 
 
