@@ -78,6 +78,9 @@ async def view(db: asyncpg.Connection, order_id: str) -> Payment | None:
     return Payment(**dict(row)) if row else None
 
 
+_ANSWER = "idempotency_key, reference, approved, decline_reason"  # what a ledger row answers
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """One call to the sandbox provider, as its ledger records it."""
@@ -104,13 +107,13 @@ async def sandbox_answers(pool: asyncpg.Pool, entries: Sequence[LedgerEntry]
         "  customer_id, amount, approved, decline_reason)"
         "  SELECT key, kind, reference, customer_id, amount, reason IS NULL, reason FROM asked"
         "  ORDER BY key ON CONFLICT (idempotency_key) DO NOTHING"
-        "  RETURNING idempotency_key, reference, approved, decline_reason)"
-        " SELECT * FROM first UNION ALL SELECT idempotency_key, reference, approved,"
-        " decline_reason FROM payments.sandbox_ledger WHERE idempotency_key = ANY($1::text[])",
+        f"  RETURNING {_ANSWER})"
+        f" SELECT * FROM first UNION ALL SELECT {_ANSWER}"
+        " FROM payments.sandbox_ledger WHERE idempotency_key = ANY($1::text[])",
         *([getattr(e, f.name) for e in entries] for f in fields(LedgerEntry)))
     answers = {r["idempotency_key"]: r for r in rows}
     if waited := sorted({e.key for e in entries} - answers.keys()):
         answers |= {r["idempotency_key"]: r for r in await pool.fetch(
-            "SELECT idempotency_key, reference, approved, decline_reason"
-            " FROM payments.sandbox_ledger WHERE idempotency_key = ANY($1::text[])", waited)}
+            f"SELECT {_ANSWER} FROM payments.sandbox_ledger"
+            " WHERE idempotency_key = ANY($1::text[])", waited)}
     return answers
