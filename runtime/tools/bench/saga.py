@@ -215,7 +215,8 @@ class Shop:
             return 0.0
         for r in await self.db.fetch(BACKENDS):
             with contextlib.suppress(psutil.Error):
-                process = self.backends.get(r["pid"], (psutil.Process(r["pid"]), 0.0))[0]
+                known = self.backends.get(r["pid"])
+                process = known[0] if known else psutil.Process(r["pid"])
                 if process.name().startswith("postgres"):
                     self.backends[r["pid"]] = (process, sum(process.cpu_times()[:2]))
         return sum(used for _, used in self.backends.values())
