@@ -185,7 +185,9 @@ async def test_events_that_waited_through_the_last_batch_are_not_held_for_a_ling
         await ensure_stream(js(world), world.settings)
         for n in range(501, 521):  # a busy consumer: it lingers for company
             await publish(world, ping(n, hold=(n == 501)))
-        batches.clear(), handed.clear(), released.clear()
+        batches.clear()
+        handed.clear()
+        released.clear()
 
         async with build_app(world.settings, [probe.name]):
             await eventually(lambda: _handed(1))  # held while the next ping comes
